@@ -1,6 +1,14 @@
-"""progae_jax: grow a convolutional autoencoder from 4x4 to any resolution without losing what it learned."""
+"""progae_jax: grow a convolutional autoencoder from 4x4 to any resolution without losing
+what it learned.
+
+Read in this order: `ops` (the one downsample and upsample), `model` (a stage, named by
+resolution), `growth` (grow, finish_fade and the optimizer state that follows), then `train`.
+"""
 
 __version__ = "0.1.0"
 
 from progae_jax.config import ModelConfig
+from progae_jax.growth import finish_fade, grow, grow_opt_state, merge_by_path
+from progae_jax.model import Stage, apply, build, count_params, init_params, stage_of
 from progae_jax.ops import downsample, fade_in, fade_target, upsample
+from progae_jax.summary import growth_diff, param_table
