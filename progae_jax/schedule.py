@@ -1,0 +1,190 @@
+"""The training plan: per-resolution schedules in images seen, and where alpha stands.
+
+Everything is counted in images, not steps, so a plan means the same thing at any batch size
+and on any hardware. A run is a list of phases:
+
+    4x4 stable -> 8x8 fade -> 8x8 stable -> 16x16 fade -> 16x16 stable -> ...
+
+and the position of a run is one integer, the images seen so far: the phase, alpha and
+learning rate all follow from it, which is what makes resuming mid-fade exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Literal, Mapping
+
+from progae_jax.config import MIN_RESOLUTION, ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSchedule:
+  """How one resolution is trained."""
+  # Images over which alpha ramps from 0 to 1 after growing to this resolution (not used at 4x4).
+  fade_images: int = 20_000
+  # Images trained at alpha = 1 once the fade is finished.
+  stable_images: int = 20_000
+  # Global batch size (summed over all devices and processes).
+  batch_size: int = 64
+  # Adam's learning rate for this stage (set without recompiling, via inject_hyperparams).
+  learning_rate: float = 1e-3
+
+  def __post_init__(self):
+    for name in ("fade_images", "stable_images", "batch_size"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch_size" else 0):
+        raise ValueError(f"StageSchedule.{name}={v!r} is invalid: must be an integer >= "
+                         f"{1 if name == 'batch_size' else 0}")
+    lr = self.learning_rate
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+      raise ValueError(f"StageSchedule.learning_rate={lr!r} is invalid: must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a run needs; saved whole in every checkpoint's metadata."""
+  # The architecture (its max_resolution is the final stage).
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  # Dataset name: a built-in one ('digits', 'image_patches') or any prepared tfds dataset.
+  dataset: str = "image_patches"
+  # Extra keyword options for the data layer (e.g. {"fit": "pad"} for 28x28 mnist).
+  dataset_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Where tfds datasets live (None: tfds's default directory).
+  data_dir: str | None = None
+  # Schedule per resolution; resolutions not listed use `default_stage`.
+  stages: Mapping[int, StageSchedule] = dataclasses.field(default_factory=dict)
+  # The schedule of every resolution without an entry in `stages`.
+  default_stage: StageSchedule = dataclasses.field(default_factory=StageSchedule)
+  # What happens to Adam's moments at growth: 'carry' kept leaves' moments, or 'reset' all.
+  optimizer_on_growth: Literal["carry", "reset"] = "carry"
+  # Alpha's ramp over a fade: 'linear', or 'smooth' (smoothstep: gentle at both ends).
+  alpha_ramp: Literal["linear", "smooth"] = "linear"
+  # Decay of the parameters' exponential moving average (None: no EMA). Evaluation uses it.
+  ema_decay: float | None = 0.99
+  # Held-out evaluation every this many images (and always at the end of every phase).
+  eval_every_images: int = 50_000
+  # How many held-out images an evaluation uses.
+  eval_images: int = 256
+  # Training metrics are logged (and checked for NaN) every this many steps.
+  log_every_steps: int = 20
+  # Save a checkpoint every this many images (and always at the end of every phase).
+  checkpoint_every_images: int = 20_000
+  # How many recent checkpoints to keep (the best by held-out PSNR is kept as well).
+  keep_checkpoints: int = 2
+  # Compute dtype of the model ('float32' or 'bfloat16'); parameters stay float32.
+  compute_dtype: str = "float32"
+  # Seed of initialisation, growth and data order.
+  seed: int = 0
+
+  def __post_init__(self):
+    if not isinstance(self.model, ModelConfig):
+      raise ValueError(f"TrainConfig.model must be a ModelConfig, got {type(self.model)}")
+    stages = {int(r): (s if isinstance(s, StageSchedule) else StageSchedule(**s))
+              for r, s in dict(self.stages).items()}
+    unknown = sorted(set(stages) - set(self.model.resolutions))
+    if unknown:
+      raise ValueError(f"TrainConfig.stages has resolutions {unknown} that are not stages of "
+                       f"the model {self.model.resolutions}")
+    object.__setattr__(self, "stages", stages)
+    object.__setattr__(self, "dataset_options", dict(self.dataset_options))
+    if self.optimizer_on_growth not in ("carry", "reset"):
+      raise ValueError(f"TrainConfig.optimizer_on_growth={self.optimizer_on_growth!r} is "
+                       "invalid: must be 'carry' or 'reset'")
+    if self.alpha_ramp not in ("linear", "smooth"):
+      raise ValueError(f"TrainConfig.alpha_ramp={self.alpha_ramp!r} is invalid: must be "
+                       "'linear' or 'smooth'")
+    if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+      raise ValueError(f"TrainConfig.ema_decay={self.ema_decay!r} is invalid: must be in "
+                       "(0, 1) or None")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r} is invalid: must be "
+                       "'float32' or 'bfloat16'")
+    for name in ("eval_every_images", "eval_images", "log_every_steps",
+                 "checkpoint_every_images", "keep_checkpoints"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"TrainConfig.{name}={v!r} is invalid: must be a positive integer")
+
+  def stage(self, resolution: int) -> StageSchedule:
+    return self.stages.get(resolution, self.default_stage)
+
+  def to_dict(self) -> dict:
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d["model"] = self.model.to_dict()
+    d["stages"] = {str(r): dataclasses.asdict(s) for r, s in self.stages.items()}
+    d["default_stage"] = dataclasses.asdict(self.default_stage)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "TrainConfig":
+    d = dict(d)
+    if "model" in d:
+      d["model"] = ModelConfig.from_dict(d["model"])
+    if "default_stage" in d:
+      d["default_stage"] = StageSchedule(**d["default_stage"])
+    if "stages" in d:
+      d["stages"] = {int(r): StageSchedule(**s) for r, s in d["stages"].items()}
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One phase of a run: a resolution, fading or stable, over [start, end) images seen."""
+  index: int
+  resolution: int
+  fading: bool
+  start: int  # images seen when the phase begins
+  steps: int
+  batch_size: int
+  learning_rate: float
+
+  @property
+  def end(self) -> int:
+    return self.start + self.steps * self.batch_size
+
+  @property
+  def name(self) -> str:
+    return f"{self.resolution}x{self.resolution} {'fade' if self.fading else 'stable'}"
+
+
+def phases(config: TrainConfig) -> list[Phase]:
+  """The whole run, phase by phase. A phase's images are rounded up to whole batches."""
+  out, start = [], 0
+  for r in config.model.resolutions:
+    s = config.stage(r)
+    for fading, images in ((True, s.fade_images), (False, s.stable_images)):
+      if fading and r == MIN_RESOLUTION:
+        continue  # Nothing to fade in at the first stage.
+      steps = math.ceil(images / s.batch_size)
+      if steps == 0:
+        if fading:
+          raise ValueError(f"the {r}x{r} fade has 0 images: a fade needs at least one step")
+        continue
+      out.append(Phase(len(out), r, fading, start, steps, s.batch_size, s.learning_rate))
+      start = out[-1].end
+  if not out:
+    raise ValueError("the schedule trains on no images at all")
+  return out
+
+
+def phase_at(plan: list[Phase], images_seen: int) -> Phase | None:
+  """The phase that the next step belongs to (None once the run is complete)."""
+  for phase in plan:
+    if images_seen < phase.end:
+      return phase
+  return None
+
+
+def alpha_at(phase: Phase, images_seen: int, ramp: str = "linear") -> float:
+  """Alpha of the step that starts at `images_seen`: 0 at a fade's first step, toward 1 at its
+  end; 1 in a stable phase."""
+  if not phase.fading:
+    return 1.0
+  t = (images_seen - phase.start) / (phase.end - phase.start)
+  t = min(max(t, 0.0), 1.0)
+  return t * t * (3 - 2 * t) if ramp == "smooth" else t
