@@ -157,3 +157,48 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   if saved.get("dataset") != current.get("dataset"):
     out.append(f"dataset: checkpoint {saved.get('dataset')!r}, this run {current.get('dataset')!r}")
   return out
+
+
+def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
+  """(checkpoint directory, step) for a work directory, its `checkpoints/` folder, or one
+  checkpoint's own folder (`.../checkpoints/1920`)."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path} does not exist")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), step
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
+    if step is not None and step != int(base):
+      raise CheckpointError(f"{path} is checkpoint {base}, not {step}")
+    return os.path.dirname(path), int(base)
+  return path, step
+
+
+def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dict]:
+  """Restores a saved train state and its metadata, knowing nothing of its stage in advance.
+
+  `path` is a work directory, its `checkpoints/` folder or one checkpoint's folder; `step`
+  (images seen) picks a checkpoint, the latest by default. Returns `(state, meta)`;
+  `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`.
+  """
+  from progae_jax import parallel, train
+  from progae_jax.model import Stage
+  from progae_jax.schedule import TrainConfig
+
+  directory, step = locate(path, step)
+  manager = Checkpointer(directory, read_only=True, asynchronous=False)
+  try:
+    meta = manager.read_meta(step)
+    try:
+      config = TrainConfig.from_dict(meta["config"])
+      stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
+    except (KeyError, TypeError, ValueError) as e:
+      raise CheckpointError(f"checkpoint metadata in {directory} is not a progae_jax "
+                            f"run's ({type(e).__name__}: {e})") from e
+    mesh = mesh or parallel.make_mesh()
+    optimizer = train.make_optimizer(config.stage(stage.resolution).learning_rate)
+    restored = manager.restore(step, train.abstract_state(config, stage, optimizer, mesh))
+    return restored.state, restored.meta
+  finally:
+    manager.close()

@@ -1,0 +1,253 @@
+"""`progae`: train, inspect, reconstruct, bench.
+
+    progae train                       # the main job: image_patches, RGB, 4x4 -> 32x32
+    progae train --preset digits       # the seed's case: 8x8 grayscale digits, 4x4 -> 8x8
+    progae train --workdir W           # resumes W from its latest checkpoint, if it has one
+    progae inspect W                   # stage, images seen, metrics, parameter table
+    progae reconstruct W --dataset image_patches --out recon.png
+    progae bench --vs-torch ../shared/bench/torch_ref.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Per-preset TrainConfig fields; flags and --config override them.
+PRESETS = {
+    # The main job: finishes in under 10 minutes on a 2-core CPU (see README for the numbers).
+    "main": {"dataset": "image_patches", "max_resolution": 32, "batch_size": 64,
+             "fade_images": 12_800, "stable_images": 12_800, "learning_rate": 1e-3,
+             "stages": {"4": {"fade_images": 0, "stable_images": 25_600, "batch_size": 64,
+                              "learning_rate": 2e-3},
+                        "32": {"fade_images": 9_600, "stable_images": 12_800, "batch_size": 64,
+                               "learning_rate": 1e-3}},
+             "eval_every_images": 25_600, "checkpoint_every_images": 12_800},
+    # The seed's own case: 1,797 8x8 grayscale digits, trained at 4x4 then grown to 8x8.
+    "digits": {"dataset": "digits", "max_resolution": 8, "batch_size": 64,
+               "fade_images": 20_000, "stable_images": 40_000, "learning_rate": 1e-3,
+               "eval_every_images": 20_000, "checkpoint_every_images": 20_000},
+}
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text.replace("_", ""))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+  return value
+
+
+def _non_negative_int(text: str) -> int:
+  try:
+    value = int(text.replace("_", ""))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+  return value
+
+
+def _rate(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1)")
+  return value
+
+
+def _train_parser(sub) -> None:
+  p = sub.add_parser("train", help="train a model progressively (resumes a work directory)")
+  p.add_argument("--preset", choices=sorted(PRESETS), default="main",
+                 help="starting point for every option below (default: main)")
+  p.add_argument("--config", metavar="FILE.json",
+                 help="JSON with TrainConfig fields, e.g. per-stage schedules: "
+                      '{"stages": {"16": {"batch_size": 32, "learning_rate": 5e-4}}}')
+  p.add_argument("--dataset", help="digits, image_patches, or a prepared tfds dataset")
+  p.add_argument("--data-dir", help="where tfds datasets are (default: tfds's own)")
+  p.add_argument("--fit", choices=("pad", "resize"),
+                 help="how non-power-of-two images (mnist's 28x28) reach the next power of two")
+  p.add_argument("--max-resolution", type=_positive_int, help="final resolution (power of 2)")
+  p.add_argument("--workdir", help="checkpoints, metrics and pictures (default: runs/PRESET)")
+  p.add_argument("--batch-size", type=_positive_int, help="global batch size, every stage")
+  p.add_argument("--fade-images", type=_non_negative_int, help="images per fade, every stage")
+  p.add_argument("--stable-images", type=_non_negative_int,
+                 help="images per stable phase, every stage")
+  p.add_argument("--learning-rate", type=_rate, help="Adam's learning rate, every stage")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--optimizer-on-growth", choices=("carry", "reset"),
+                 help="carry Adam's moments of kept weights at growth (default), or reset all")
+  p.add_argument("--alpha-ramp", choices=("linear", "smooth"))
+  p.add_argument("--ema-decay", type=_rate, help="EMA of the weights used for evaluation")
+  p.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
+  p.add_argument("--eval-every-images", type=_positive_int)
+  p.add_argument("--checkpoint-every-images", type=_positive_int)
+  p.add_argument("--keep-checkpoints", type=_positive_int)
+  p.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
+  p.add_argument("--restart", action="store_true",
+                 help="ignore (and replace) the work directory's checkpoints")
+  p.add_argument("--stop-after-images", type=_positive_int,
+                 help="save and stop once this many images are seen (resume later)")
+  p.add_argument("--num-devices", type=_positive_int, help="use only this many local devices")
+  p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: jax.distributed "
+                 "coordinator (or JAX_COORDINATOR_ADDRESS)")
+  p.add_argument("--num-processes", type=_positive_int)
+  p.add_argument("--process-id", type=int)
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_config(args) -> "TrainConfig":
+  """Preset, then --config file, then flags: each overrides the one before."""
+  from progae_jax import data
+  from progae_jax.config import ModelConfig
+  from progae_jax.schedule import StageSchedule, TrainConfig
+
+  fields = json.loads(json.dumps(PRESETS[args.preset]))
+  if args.config:
+    try:
+      with open(args.config) as f:
+        fields.update(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"--config {args.config}: {e}") from None
+  flag_map = {"dataset": "dataset", "data_dir": "data_dir", "max_resolution": "max_resolution",
+              "batch_size": "batch_size", "fade_images": "fade_images",
+              "stable_images": "stable_images", "learning_rate": "learning_rate",
+              "seed": "seed", "optimizer_on_growth": "optimizer_on_growth",
+              "alpha_ramp": "alpha_ramp", "ema_decay": "ema_decay",
+              "eval_every_images": "eval_every_images",
+              "checkpoint_every_images": "checkpoint_every_images",
+              "keep_checkpoints": "keep_checkpoints", "compute_dtype": "compute_dtype"}
+  stage_keys = ("batch_size", "fade_images", "stable_images", "learning_rate")
+  for flag, field in flag_map.items():
+    value = getattr(args, flag, None)
+    if value is None:
+      continue
+    fields[field] = value
+    if field in stage_keys:  # A flag means "every stage": per-stage entries give way to it.
+      for stage in fields.get("stages", {}).values():
+        stage[field] = value
+  if args.no_ema:
+    fields["ema_decay"] = None
+  options = dict(fields.pop("dataset_options", {}))
+  if args.fit:
+    options["fit"] = args.fit
+  spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
+  model_fields = dict(fields.pop("model", {}))
+  model_fields.setdefault("image_channels", spec.channels)
+  model_fields["max_resolution"] = fields.pop("max_resolution", model_fields.get(
+      "max_resolution", 32))
+  default_stage = StageSchedule(**{k: fields.pop(k) for k in
+                                   ("fade_images", "stable_images", "batch_size",
+                                    "learning_rate") if k in fields})
+  return TrainConfig(model=ModelConfig.from_dict(model_fields), default_stage=default_stage,
+                     dataset_options=options, **fields)
+
+
+def cmd_train(args) -> int:
+  from progae_jax import parallel, train
+
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  config = build_config(args)
+  workdir = args.workdir or os.path.join("runs", args.preset if args.dataset is None
+                                         else config.dataset)
+  mesh = parallel.make_mesh(args.num_devices)
+  result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
+                                    progress=not args.quiet,
+                                    stop_after_images=args.stop_after_images)
+  if parallel.is_main_process() and result.final_eval:
+    e = result.final_eval
+    print(f"final held-out PSNR: {e['psnr']:.2f} dB (SSIM {e['ssim']:.3f}) at "
+          f"{e['resolution']}x{e['resolution']} after {result.images_seen:,} images")
+    if result.pictures:
+      print(f"reconstructions: {os.path.abspath(result.pictures[-1])}")
+  return 0
+
+
+def cmd_inspect(args) -> int:
+  from progae_jax import checkpoint, summary
+  from progae_jax.train import _Metrics
+
+  state, meta = checkpoint.restore(args.path, args.step)
+  print(f"checkpoint: {meta['images_seen']:,} images seen, stage {meta['resolution']}x"
+        f"{meta['resolution']} {meta['phase']}, step {int(state['step'])}, "
+        f"dataset {meta['config']['dataset']}, progae_jax {meta.get('version')}")
+  directory, _ = checkpoint.locate(args.path)
+  workdir = os.path.dirname(directory)
+  records = [r for r in _Metrics.read(os.path.join(workdir, "metrics.jsonl"))
+             if r["images_seen"] <= meta["images_seen"]]
+  evals = [r for r in records if r["kind"] == "eval"]
+  if evals:
+    print("held-out evaluations:")
+    for r in evals:
+      print(f"  {r['images_seen']:>9,} images  {r['resolution']:>3}x{r['resolution']:<3} "
+            f"{r['phase']:<6} alpha {r['alpha']:.2f}  MSE {r['mse']:.5f}  "
+            f"PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.3f}")
+  else:
+    print("no saved metrics beside this checkpoint")
+  print("parameters:")
+  print(summary.param_table(state["params"]))
+  return 0
+
+
+def cmd_reconstruct(args) -> int:
+  import numpy as np
+  from progae_jax import checkpoint, data, plots
+  from progae_jax.model import apply, stage_of
+  from progae_jax.schedule import TrainConfig
+
+  state, meta = checkpoint.restore(args.path, args.step)
+  config = TrainConfig.from_dict(meta["config"])
+  params = state["ema"] if "ema" in state and not args.no_ema else state["params"]
+  stage = stage_of(params)
+  dataset = args.dataset or config.dataset
+  options = dict(config.dataset_options) if dataset == config.dataset else {}
+  images = data.eval_images(dataset, resolution=stage.resolution, count=args.count,
+                            data_dir=args.data_dir or config.data_dir, **options)
+  recon, _ = apply(config.model, params, images, 1.0)
+  plots.save_reconstructions(args.out, images, np.asarray(recon),
+                             title=f"{dataset} at {stage}, {meta['images_seen']:,} images")
+  print(f"wrote {args.out}")
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="progae", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  _train_parser(sub)
+  p = sub.add_parser("inspect", help="what a checkpoint holds")
+  p.add_argument("path", help="a work directory or one checkpoint's folder")
+  p.add_argument("--step", type=int, help="checkpoint to read (images seen); default latest")
+  p = sub.add_parser("reconstruct", help="a PNG of held-out originals and reconstructions")
+  p.add_argument("path", help="a work directory or one checkpoint's folder")
+  p.add_argument("--dataset", help="images to reconstruct (default: the run's dataset)")
+  p.add_argument("--data-dir")
+  p.add_argument("--out", required=True, help="the PNG to write")
+  p.add_argument("--count", type=_positive_int, default=16)
+  p.add_argument("--step", type=int)
+  p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
+  sub.add_parser("bench", help="training speed per stage (--help for its options)",
+                 add_help=False)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "bench":
+    from progae_jax import bench
+    return bench.main(argv[1:])
+  args = parser.parse_args(argv)
+  from progae_jax.checkpoint import CheckpointError
+  from progae_jax.data import DataError
+  try:
+    return {"train": cmd_train, "inspect": cmd_inspect,
+            "reconstruct": cmd_reconstruct}[args.command](args)
+  except (CheckpointError, DataError, ValueError) as e:
+    print(f"progae {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
