@@ -150,7 +150,7 @@ def _train_step(state: State, batch: jax.Array, alpha: jax.Array, *, model: Mode
     step = state["step"].astype(jnp.float32)
     decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     new["ema"] = optax.incremental_update(params, state["ema"], 1.0 - decay)
-  metrics = {"loss": loss, "psnr": psnr_from_mse(loss), "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": loss, "psnr": psnr_from_mse(loss), "grad_norm": optax.tree.norm(grads)}
   return new, metrics
 
 
@@ -408,7 +408,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
 def _progress_bar(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm
   return tqdm(total=total, initial=initial, unit="img", unit_scale=True, disable=not enabled,
-              dynamic_ncols=True, smoothing=0.05)
+              dynamic_ncols=True, smoothing=0.05,
+              mininterval=1.0)
 
 
 def _flush(pending, state, phase) -> list[dict]:

@@ -1,0 +1,61 @@
+import pytest
+
+from progae_jax import ModelConfig
+from progae_jax.schedule import StageSchedule, TrainConfig, alpha_at, phase_at, phases
+
+
+def _config(**kw):
+  return TrainConfig(model=ModelConfig(max_resolution=16, channels={4: 8, 8: 8, 16: 8}),
+                     default_stage=StageSchedule(fade_images=100, stable_images=64,
+                                                 batch_size=32), **kw)
+
+
+def test_the_plan_goes_stable_grow_fade_stable_in_images_seen():
+  plan = phases(_config(stages={8: {"fade_images": 64, "stable_images": 0, "batch_size": 16,
+                                    "learning_rate": 5e-4}}))
+  assert [p.name for p in plan] == ["4x4 stable", "8x8 fade", "16x16 fade", "16x16 stable"]
+  assert [p.start for p in plan] == [0, 64, 128, 256]  # 100 images round up to 4 batches of 32
+  assert plan[1].batch_size == 16 and plan[1].learning_rate == 5e-4 and plan[1].steps == 4
+  assert plan[-1].end == 320
+  assert phase_at(plan, 0) is plan[0] and phase_at(plan, 127) is plan[1]
+  assert phase_at(plan, 128) is plan[2] and phase_at(plan, 320) is None
+
+
+def test_alpha_ramps_over_the_fade_and_is_one_when_stable():
+  plan = phases(_config())
+  fade = plan[1]
+  alphas = [alpha_at(fade, fade.start + k * fade.batch_size) for k in range(fade.steps)]
+  assert alphas[0] == 0.0 and alphas == sorted(alphas) and alphas[-1] < 1.0
+  assert alpha_at(plan[0], 10) == 1.0
+  smooth = [alpha_at(fade, fade.start + k * fade.batch_size, "smooth") for k in range(fade.steps)]
+  assert smooth[0] == 0.0 and smooth[1] < alphas[1]  # gentle start
+
+
+def test_config_round_trips_through_json_dict():
+  config = _config(stages={8: StageSchedule(batch_size=8)}, ema_decay=None)
+  assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"optimizer_on_growth": "keep"}, "optimizer_on_growth"),
+    ({"alpha_ramp": "cubic"}, "alpha_ramp"),
+    ({"ema_decay": 1.5}, "ema_decay"),
+    ({"compute_dtype": "float16"}, "compute_dtype"),
+    ({"stages": {32: {}}}, "resolutions \\[32\\]"),
+    ({"eval_images": 0}, "eval_images"),
+])
+def test_bad_train_configs(kw, match):
+  with pytest.raises(ValueError, match=match):
+    _config(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"learning_rate": 2.0},
+                                {"fade_images": -1}])
+def test_bad_stage_schedules(kw):
+  with pytest.raises(ValueError, match="StageSchedule"):
+    StageSchedule(**kw)
+
+
+def test_a_fade_without_images_is_refused():
+  with pytest.raises(ValueError, match="8x8 fade has 0 images"):
+    phases(_config(stages={8: {"fade_images": 0}}))

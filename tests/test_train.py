@@ -1,0 +1,186 @@
+"""Progressive training end to end on the digits that ship with scikit-learn."""
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from progae_jax import ModelConfig, data, stage_of, train
+from progae_jax.schedule import StageSchedule, TrainConfig, phases
+
+TINY = ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8}, latent_dim=8)
+
+_compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, secs, **kw: _compiles.append(event)
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+
+
+def _config(data_dir, **kw):
+  kw.setdefault("default_stage", StageSchedule(fade_images=256, stable_images=256,
+                                               batch_size=32, learning_rate=3e-3))
+  kw = {"eval_every_images": 10**9, "checkpoint_every_images": 10**9, **kw}
+  return TrainConfig(model=TINY, dataset="digits", data_dir=data_dir, eval_images=64,
+                     log_every_steps=4, **kw)
+
+
+class _Recording:
+  """The real data layer, noting the backend compile count whenever a batch is fetched."""
+
+  def __init__(self, poison_at=None):
+    self.fetches, self.poison_at, self.served = [], poison_at, 0
+
+  def dataset_info(self, *a, **k):
+    return data.dataset_info(*a, **k)
+
+  def eval_images(self, *a, **k):
+    return data.eval_images(*a, **k)
+
+  def batches(self, *a, **k):
+    inner, outer = data.batches(*a, **k), self
+
+    class It:
+      def __next__(self):
+        outer.fetches.append((k["resolution"], len(_compiles)))
+        batch = next(inner)
+        outer.served += 1
+        if outer.poison_at is not None and outer.served > outer.poison_at:
+          batch = np.full_like(batch, np.nan)
+        return batch
+
+      def get_state(self):
+        return inner.get_state()
+
+      def set_state(self, s):
+        inner.set_state(s)
+
+    return It()
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+  """One two-stage run (4x4 stable -> 8x8 fade -> 8x8 stable), shared by the tests below."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = _config(data_dir)
+  recorder = _Recording()
+  handler = _CompileLog()
+  logging.getLogger("jax").addHandler(handler)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    result = train.train_and_evaluate(config, workdir, progress=False, data_module=recorder)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    logging.getLogger("jax").removeHandler(handler)
+  return config, workdir, result, recorder, handler.train_step_compiles
+
+
+class _CompileLog(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.train_step_compiles = 0
+
+  def emit(self, record):
+    if "Compiling jit(_train_step)" in record.getMessage():
+      self.train_step_compiles += 1
+
+
+def _records(workdir, kind):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_run_completes_and_loss_falls(run):
+  config, workdir, result, _, _ = run
+  assert result.images_seen == phases(config)[-1].end == 768
+  train_records = _records(workdir, "train")
+  first4 = [r["loss"] for r in train_records if r["resolution"] == 4]
+  assert np.mean(first4[-2:]) < 0.7 * np.mean(first4[:2])
+  assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train_records)
+  assert result.final_eval["resolution"] == 8 and 0 < result.final_eval["ssim"] <= 1
+
+
+def test_growth_happens_at_the_scheduled_image_counts(run):
+  config, workdir, _, _, _ = run
+  plan = phases(config)
+  for r in _records(workdir, "train"):
+    start = r["images_seen"] - config.default_stage.batch_size  # images before that step
+    phase = next(p for p in plan if p.start <= start < p.end)
+    assert (r["resolution"], r["phase"]) == (phase.resolution,
+                                             "fade" if phase.fading else "stable")
+    if phase.fading:
+      assert r["alpha"] == pytest.approx((start - phase.start) / (phase.end - phase.start))
+
+
+def test_ema_and_optimizer_state_were_grown(run):
+  _, _, result, _, _ = run
+  state = result.state
+  assert stage_of(state["params"]) == stage_of(state["ema"])
+  assert str(stage_of(state["params"])) == "8x8 stable"
+  inner = state["opt_state"].inner_state[0]
+  assert "block_8" in inner.mu["encoder"] and "from_image_4" not in inner.mu["encoder"]
+  assert int(state["opt_state"].inner_state[0].count) == int(state["step"]) == 24
+  assert not np.array_equal(state["ema"]["encoder"]["block_8"]["conv1"]["kernel"],
+                            state["params"]["encoder"]["block_8"]["conv1"]["kernel"])
+
+
+def test_train_step_compiles_once_per_phase_and_never_during_a_fade(run):
+  _, _, _, recorder, train_step_compiles = run
+  assert train_step_compiles == 3  # 4x4 stable, 8x8 fade, 8x8 stable
+  by_phase = {}
+  for i, (resolution, compiles) in enumerate(recorder.fetches):
+    by_phase.setdefault(i // 8, []).append(compiles)
+  for phase, counts in by_phase.items():
+    # From the second batch on, nothing in the phase compiled anything.
+    assert counts[1] == counts[-1], (phase, counts)
+
+
+def test_metrics_pictures_and_curves_are_written(run):
+  _, workdir, result, _, _ = run
+  assert len(_records(workdir, "eval")) == 3
+  names = sorted(os.listdir(os.path.join(workdir, "pictures")))
+  assert names == ["recon_00_4x4_stable.png", "recon_01_8x8_fade.png",
+                   "recon_02_8x8_stable.png"]
+  for path in result.pictures + [result.curves]:
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_saved_checkpoint(data_dir, tmp_path):
+  config = _config(data_dir, checkpoint_every_images=128)
+  poisoned = _Recording(poison_at=10)  # batch 11 (8x8 fade, step 11) is all NaN
+  with pytest.raises(train.NonFiniteLossError, match=r"step 11 .*8x8 fade, alpha 0\.25"):
+    train.train_and_evaluate(config, str(tmp_path), progress=False, data_module=poisoned)
+  from progae_jax import checkpoint
+  state, meta = checkpoint.restore(str(tmp_path))
+  assert meta["images_seen"] <= 10 * 32
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+def test_dataset_and_model_must_agree(data_dir, tmp_path):
+  config = TrainConfig(model=ModelConfig(image_channels=3, max_resolution=8), dataset="digits",
+                       data_dir=data_dir)
+  with pytest.raises(ValueError, match="1 channel.*image_channels=3"):
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+  config = TrainConfig(model=ModelConfig(image_channels=1, max_resolution=16),
+                       dataset="digits", data_dir=data_dir)
+  with pytest.raises(ValueError, match="8x8, below max_resolution=16"):
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+
+
+def test_reset_policy_zeroes_adam_moments_at_growth(data_dir):
+  config = _config(data_dir, optimizer_on_growth="reset")
+  mesh = train.parallel.make_mesh()
+  opt = train.make_optimizer()
+  state = train.init_state(config, opt, mesh)
+  state = jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x, state)
+  grown = train.advance_state(state, config, opt, mesh)
+  mu = grown["opt_state"].inner_state[0].mu
+  assert all(not np.any(x) for x in jax.tree_util.tree_leaves(mu))
+  carried = train.advance_state(
+      jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x,
+                             train.init_state(_config(data_dir), opt, mesh)),
+      _config(data_dir), opt, mesh)
+  assert np.all(carried["opt_state"].inner_state[0].mu["encoder"]["block_4"]["conv1"]["bias"] == 1)
