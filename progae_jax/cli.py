@@ -109,6 +109,9 @@ def build_config(args) -> "TrainConfig":
   from progae_jax.schedule import StageSchedule, TrainConfig
 
   fields = json.loads(json.dumps(PRESETS[args.preset]))
+  if args.max_resolution is not None:  # The preset's entries for stages never reached go.
+    fields["stages"] = {r: s for r, s in fields.get("stages", {}).items()
+                        if int(r) <= args.max_resolution}
   if args.config:
     try:
       with open(args.config) as f:

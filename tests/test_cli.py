@@ -1,0 +1,79 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from progae_jax import cli
+
+
+def _parse(argv):
+  parser_args = ["train"] + argv
+  import argparse
+  parser = argparse.ArgumentParser()
+  sub = parser.add_subparsers(dest="command")
+  cli._train_parser(sub)
+  return parser.parse_args(parser_args)
+
+
+def test_no_options_is_the_main_job(data_dir):
+  config = cli.build_config(_parse(["--data-dir", data_dir]))
+  assert config.dataset == "image_patches"
+  assert config.model.image_channels == 3 and config.model.resolutions == (4, 8, 16, 32)
+  assert config.optimizer_on_growth == "carry"
+
+
+def test_flags_override_preset_and_every_stage(data_dir):
+  config = cli.build_config(_parse(["--data-dir", data_dir, "--batch-size", "16",
+                                    "--learning-rate", "0.0005", "--optimizer-on-growth",
+                                    "reset", "--no-ema", "--max-resolution", "16"]))
+  assert all(config.stage(r).batch_size == 16 for r in (4, 8, 16))
+  assert all(config.stage(r).learning_rate == 5e-4 for r in (4, 8, 16))
+  assert config.optimizer_on_growth == "reset" and config.ema_decay is None
+  assert config.model.max_resolution == 16
+
+
+def test_config_file_sets_per_stage_schedules(data_dir, tmp_path):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps({"stages": {"8": {"batch_size": 8, "fade_images": 80,
+                                               "stable_images": 40, "learning_rate": 1e-4}}}))
+  config = cli.build_config(_parse(["--preset", "digits", "--data-dir", data_dir,
+                                    "--config", str(path)]))
+  assert config.model.image_channels == 1 and config.model.max_resolution == 8
+  assert config.stage(8).batch_size == 8 and config.stage(4).batch_size == 64
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "must be at least 1"),
+    (["--learning-rate", "3"], "must be in \\(0, 1\\)"),
+    (["--optimizer-on-growth", "keep"], "invalid choice"),
+    (["--fade-images", "many"], "not an integer"),
+])
+def test_bad_options_exit_with_usage_errors(argv, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["train"] + argv)
+  assert e.value.code == 2
+  assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+
+
+def test_bad_values_are_reported_without_a_traceback(data_dir, capsys, tmp_path):
+  assert cli.main(["train", "--dataset", "no_such_set", "--data-dir", data_dir,
+                   "--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "progae train: error:" in err and "digits" in err and "Traceback" not in err
+  assert cli.main(["train", "--preset", "digits", "--max-resolution", "12", "--data-dir",
+                   data_dir, "--workdir", str(tmp_path)]) == 2
+  assert "max_resolution=12" in capsys.readouterr().err
+
+
+def test_python_dash_m_trains_the_seed_case(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.run(
+      [sys.executable, "-m", "progae_jax", "train", "--preset", "digits", "--data-dir", data_dir,
+       "--workdir", workdir, "--fade-images", "128", "--stable-images", "128",
+       "--batch-size", "32", "--quiet"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "final held-out PSNR" in proc.stdout and "8x8" in proc.stdout
+  assert os.path.exists(os.path.join(workdir, "curves.png"))
