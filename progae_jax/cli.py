@@ -32,24 +32,22 @@ PRESETS = {
 }
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text.replace("_", ""))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-  return value
+def _int_at_least(minimum: int):
+  """An argparse type: an integer (underscores allowed, 20_000) no smaller than `minimum`."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text.replace("_", ""))
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+    return value
+
+  return parse
 
 
-def _non_negative_int(text: str) -> int:
-  try:
-    value = int(text.replace("_", ""))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-  return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _rate(text: str) -> float:
