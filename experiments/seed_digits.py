@@ -21,8 +21,10 @@ def main():
   args = parser.parse_args()
   config = TrainConfig(model=ModelConfig(image_channels=1, max_resolution=8),
                        dataset="digits",
+                       stages={4: StageSchedule(fade_images=0, stable_images=40_000,
+                                                batch_size=64, learning_rate=1e-3)},
                        default_stage=StageSchedule(fade_images=20_000, stable_images=40_000,
-                                                   batch_size=64, learning_rate=1e-3),
+                                                   batch_size=64, learning_rate=3e-4),
                        eval_every_images=20_000, checkpoint_every_images=20_000)
   result = train.train_and_evaluate(config, args.workdir, restart=True)
   four, _ = checkpoint.restore(args.workdir, step=train.phases(config)[0].end)

@@ -19,15 +19,15 @@ import sys
 PRESETS = {
     # The main job: finishes in under 10 minutes on a 2-core CPU (see README for the numbers).
     "main": {"dataset": "image_patches", "max_resolution": 32, "batch_size": 64,
-             "fade_images": 12_800, "stable_images": 12_800, "learning_rate": 1e-3,
-             "stages": {"4": {"fade_images": 0, "stable_images": 25_600, "batch_size": 64,
-                              "learning_rate": 2e-3},
-                        "32": {"fade_images": 9_600, "stable_images": 12_800, "batch_size": 64,
-                               "learning_rate": 1e-3}},
+             "fade_images": 12_800, "stable_images": 12_800, "learning_rate": 3e-4,
+             "stages": {"4": {"fade_images": 0, "stable_images": 12_800, "batch_size": 64,
+                              "learning_rate": 1e-3}},
              "eval_every_images": 25_600, "checkpoint_every_images": 12_800},
     # The seed's own case: 1,797 8x8 grayscale digits, trained at 4x4 then grown to 8x8.
     "digits": {"dataset": "digits", "max_resolution": 8, "batch_size": 64,
-               "fade_images": 20_000, "stable_images": 40_000, "learning_rate": 1e-3,
+               "fade_images": 20_000, "stable_images": 40_000, "learning_rate": 3e-4,
+               "stages": {"4": {"fade_images": 0, "stable_images": 40_000, "batch_size": 64,
+                                "learning_rate": 1e-3}},
                "eval_every_images": 20_000, "checkpoint_every_images": 20_000},
 }
 
@@ -175,8 +175,9 @@ def cmd_inspect(args) -> int:
   from progae_jax.train import _Metrics
 
   state, meta = checkpoint.restore(args.path, args.step)
+  alpha = f" (alpha {meta['alpha']:.3f})" if "alpha" in meta else ""
   print(f"checkpoint: {meta['images_seen']:,} images seen, stage {meta['resolution']}x"
-        f"{meta['resolution']} {meta['phase']}, step {int(state['step'])}, "
+        f"{meta['resolution']} {meta['phase']}{alpha}, step {int(state['step'])}, "
         f"dataset {meta['config']['dataset']}, progae_jax {meta.get('version')}")
   directory, _ = checkpoint.locate(args.path)
   workdir = os.path.dirname(directory)
@@ -189,6 +190,9 @@ def cmd_inspect(args) -> int:
       print(f"  {r['images_seen']:>9,} images  {r['resolution']:>3}x{r['resolution']:<3} "
             f"{r['phase']:<6} alpha {r['alpha']:.2f}  MSE {r['mse']:.5f}  "
             f"PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.3f}")
+  elif "metrics" in meta:
+    print(f"held-out PSNR at this checkpoint: {meta['metrics']['psnr']:.2f} dB "
+          "(no metrics.jsonl beside it)")
   else:
     print("no saved metrics beside this checkpoint")
   print("parameters:")
@@ -210,7 +214,11 @@ def cmd_reconstruct(args) -> int:
   options = dict(config.dataset_options) if dataset == config.dataset else {}
   images = data.eval_images(dataset, resolution=stage.resolution, count=args.count,
                             data_dir=args.data_dir or config.data_dir, **options)
-  recon, _ = apply(config.model, params, images, 1.0)
+  if images.shape[-1] != config.model.image_channels:
+    raise ValueError(f"{dataset!r} has {images.shape[-1]} channel(s) but the checkpoint's model "
+                     f"takes {config.model.image_channels}")
+  # Mid-fade, the model is shown as it was trained at that moment: at the saved alpha.
+  recon, _ = apply(config.model, params, images, meta.get("alpha", 1.0))
   plots.save_reconstructions(args.out, images, np.asarray(recon),
                              title=f"{dataset} at {stage}, {meta['images_seen']:,} images")
   print(f"wrote {args.out}")

@@ -290,8 +290,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   optimizer = make_optimizer(plan[0].learning_rate)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   if restart and ckpt.steps() and main:
-    print(f"--restart: starting afresh; the checkpoints {ckpt.steps()} in {ckpt.directory} "
-          "will be replaced as new ones are saved")
+    print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
+          f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
+          "and the pictures are overwritten as phases end")
   images_seen, data_state, data_phase = 0, None, None
   if ckpt.steps() and not restart:
     meta = ckpt.read_meta()
@@ -352,7 +353,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
         bar.update(phase.batch_size)
         at_end = images_seen >= phase.end
         crossed = lambda every: images_seen // every > before // every
-        if len(pending) >= config.log_every_steps or at_end or crossed(
+        stopping = stop_after_images is not None and images_seen >= stop_after_images
+        if len(pending) >= config.log_every_steps or at_end or stopping or crossed(
             config.eval_every_images) or crossed(config.checkpoint_every_images):
           records = _flush(pending, state, phase)
           pending = []
@@ -367,7 +369,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
                               f"psnr={last_train['psnr']:.1f}dB")
         if not at_end and crossed(config.eval_every_images):
           last_eval = evaluate(alpha)
-        stopping = stop_after_images is not None and images_seen >= stop_after_images
         if not at_end and (crossed(config.checkpoint_every_images) or stopping):
           ckpt.save(images_seen, state, _metadata(config, state, phase), iterator)
         if stopping and not at_end:
@@ -379,8 +380,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
 
       # End of the phase: evaluate at its final alpha, save pictures, checkpoint.
       last_eval = evaluate(1.0)
+      # Every process joins the (collective) computation; only process 0 writes the file.
+      picture = _save_grid(plots, workdir, eval_step, state, held_out, phase, mesh)
       if main:
-        pictures.append(_save_grid(plots, workdir, eval_step, state, held_out, phase, mesh))
+        pictures.append(picture)
       ckpt.save(images_seen, state, _metadata(config, state, phase), iterator,
                 psnr=last_eval["psnr"])
       summary.append({"phase": phase.name, "images": phase.end - phase.start,
@@ -450,6 +453,8 @@ def _save_grid(plots, workdir, eval_step, state, images, phase, mesh, count: int
   _, recon = eval_step(_eval_params(state), batch, np.float32(1.0))
   recon = np.asarray(jax.device_get(jax.jit(lambda x: x, out_shardings=parallel.replicated(
       mesh))(recon)))
+  if not parallel.is_main_process():
+    return None
   name = f"recon_{phase.index:02d}_{phase.resolution}x{phase.resolution}_" \
          f"{'fade' if phase.fading else 'stable'}.png"
   return plots.save_reconstructions(os.path.join(workdir, "pictures", name), images[:count],
