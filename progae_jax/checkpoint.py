@@ -3,34 +3,109 @@
 A checkpoint is three items, saved together under the run's position (images seen):
 
 * `state`: the train state (params, optimizer state, EMA, step, RNG), arrays only;
-* `meta`: JSON: stage, phase, images seen, the whole TrainConfig, the library version;
-* `data`: the data iterator's position (grain's own handler, one file per process).
+* `meta`: JSON: stage, phase, alpha, images seen, the whole TrainConfig, the library version;
+* `data`: the data iterator's position (grain's own handler, one JSON file per process).
 
 A parameter tree's shape depends on its stage, so restoring reads `meta` first, then builds
 the abstract target (shapes, dtypes, shardings) with `jax.eval_shape`. Nothing is unpickled:
 arrays are tensorstore files and the rest is JSON. A save killed midway leaves a
-`*.orbax-checkpoint-tmp*` folder that Orbax never treats as a checkpoint.
+`<step>.orbax-checkpoint-tmp` folder that Orbax never treats as a checkpoint, so the last
+complete checkpoint is the one a new run resumes from.
+
+Every failure to read a checkpoint is a `CheckpointError` whose message says what is wrong
+and where, never an exception from deep inside Orbax or tensorstore.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import logging
 import os
+import sys
+import warnings
 from typing import Any
 
 import grain
 import jax
+from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 import progae_jax
 
 ITEMS = ("state", "meta", "data")
+_META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, empty, corrupt, or contradicts the run that wants it."""
+
+
+def _cause(e: BaseException) -> str:
+  """One line about an underlying error (its root cause: tensorstore names the file), for a
+  message that replaces its traceback."""
+  seen = {id(e)}
+  while e.__cause__ is not None and id(e.__cause__) not in seen:
+    e = e.__cause__
+    seen.add(id(e))
+  text = str(e).strip().splitlines()
+  line = text[0].split(" See full TensorStore details")[0] if text else ""
+  return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
+
+
+def _from_orbax(exc: BaseException | None) -> bool:
+  tb = exc.__traceback__ if exc is not None else None
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _StrayOrbaxTaskFilter(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" reports of Orbax's abandoned reads."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    if "exception was never retrieved" not in message:
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_from_orbax(exc) or "orbax" in message)
+
+
+def _quiet_stray_read_errors() -> None:
+  """Keeps a damaged checkpoint's one clear error from being buried in Orbax's noise.
+
+  When one array fails to read, Orbax's other reads go on in tensorstore threads whose event
+  loop is already gone: each then reports `RuntimeError: Event loop is closed`, its own read
+  error (as an unraisable exception), a "... exception was never retrieved" log line or a
+  "coroutine ... was never awaited" warning: pages printed after the error was raised. This
+  drops exactly those reports; every other one goes where it went before. Installed before
+  the first restore (and again if something, like pytest, put the previous hook back).
+  """
+  warnings.filterwarnings("ignore", category=RuntimeWarning,
+                          message="coroutine '_read_array_index_and_device_put' was never")
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _StrayOrbaxTaskFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_StrayOrbaxTaskFilter())
+  previous = sys.unraisablehook
+  if getattr(previous, "_progae_quiet", False):
+    return
+
+  def hook(unraisable):
+    exc, obj = unraisable.exc_value, unraisable.object
+    code = getattr(obj, "cr_code", None)
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook._progae_quiet = True
+  sys.unraisablehook = hook
 
 
 def _rank(metrics: dict) -> float:
@@ -39,15 +114,23 @@ def _rank(metrics: dict) -> float:
   return metrics["resolution"] * 1000.0 + metrics["psnr"]
 
 
-class _IteratorState:
-  """Lets grain's per-process checkpoint handler save and restore any iterator's position."""
+def _iterator_state_bytes(iterator) -> bytes:
+  state = iterator.get_state()
+  return state if isinstance(state, bytes) else json.dumps(state).encode()
 
-  def __init__(self, iterator=None):
-    self.iterator, self.state = iterator, None
+
+class _IteratorState:
+  """What grain's checkpoint handler saves and restores: an iterator's position as bytes.
+
+  The position is read when `Checkpointer.save` is called, on the training thread, so the
+  iterator may move on at once while the checkpoint is written in the background.
+  """
+
+  def __init__(self, state: bytes | None = None):
+    self.state = state
 
   def get_state(self) -> bytes:
-    state = self.iterator.get_state()
-    return state if isinstance(state, bytes) else json.dumps(state).encode()
+    return self.state
 
   def set_state(self, state: bytes):
     self.state = state
@@ -59,6 +142,17 @@ class _IteratorState:
 def decode_iterator_state(raw: bytes, like):
   """The restored bytes, in the form the iterator `like.get_state()` returns."""
   return raw if isinstance(like.get_state(), bytes) else json.loads(raw)
+
+
+def _position(meta: dict, images_seen: int) -> dict:
+  """Alpha of the next step and the phase's span, from the run's config in `meta`."""
+  if "config" not in meta or "phase_index" not in meta or "alpha" in meta:
+    return {}
+  from progae_jax.schedule import TrainConfig, alpha_at, phases
+  config = TrainConfig.from_dict(meta["config"])
+  phase = phases(config)[meta["phase_index"]]
+  return {"alpha": alpha_at(phase, images_seen, config.alpha_ramp),
+          "phase_start": phase.start, "phase_end": phase.end}
 
 
 @dataclasses.dataclass
@@ -74,60 +168,116 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 2, asynchronous: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory")
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=_rank, n=1, keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=asynchronous,
-        create=not read_only, read_only=read_only)
+        create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
+        # Saves that a killed process left half-written are removed when a run starts.
+        cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
-    self._manager = ocp.CheckpointManager(self.directory, item_names=ITEMS,
-                                          item_handlers=handlers, options=options)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:  # Orbax warns that a read-only manager is read-only: not news to a reader.
+      absl_logger.setLevel(logging.ERROR)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, item_names=ITEMS,
+                                            item_handlers=handlers, options=options)
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds.
+      raise CheckpointError(f"cannot open the checkpoints in {self.directory} "
+                            f"({_cause(e)})") from None
+    finally:
+      absl_logger.setLevel(level)
 
   def steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    """The complete checkpoints, by images seen (interrupted saves are never listed)."""
+    return sorted(self._manager.all_steps())
 
   def latest(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, images_seen: int, state: dict, meta: dict, data_iterator,
+  def save(self, images_seen: int, state: dict, meta: dict, data_iterator=None,
            psnr: float | None = None) -> None:
-    """Starts an asynchronous save; returns once the arrays are copied off the devices."""
-    meta = dict(meta, images_seen=images_seen, version=progae_jax.__version__)
-    metrics = None if psnr is None else {"psnr": float(psnr), "resolution": meta["resolution"]}
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-        data=grain.checkpoint.CheckpointSave(_IteratorState(data_iterator)))
-    self._manager.save(images_seen, args=args, metrics=metrics, force=True)
+    """Starts an asynchronous save; returns once the arrays are copied off the devices.
+
+    `meta` gets the images seen, the library version, the alpha of the next step (when it
+    holds the run's config and phase index) and the held-out PSNR, if given. `psnr` also
+    ranks the checkpoint for keeping the best one.
+    """
+    meta = dict(meta, images_seen=images_seen, version=progae_jax.__version__,
+                **_position(meta, images_seen))
+    metrics = None
+    if psnr is not None:
+      meta["metrics"] = {"psnr": float(psnr)}
+      metrics = {"psnr": float(psnr), "resolution": meta["resolution"]}
+    meta["data_iterator"] = data_iterator is not None
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(
+          _IteratorState(_iterator_state_bytes(data_iterator)))
+    self._manager.save(images_seen, args=ocp.args.Composite(**items), metrics=metrics,
+                       force=True)
 
   def read_meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      return dict(restored["meta"])
-    except Exception as e:  # Orbax raises many kinds; the user needs one clear message.
+      meta = restored["meta"]
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds; one clear message.
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable metadata "
-                            f"({type(e).__name__}: {e})") from e
+                            f"({_cause(e)}); it is damaged or not a progae_jax checkpoint"
+                            ) from None
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"checkpoint {step} in {self.directory}: its metadata is "
+                            f"{type(meta).__name__}, not a JSON object")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+      raise CheckpointError(f"checkpoint {step} in {self.directory} is not a progae_jax "
+                            f"checkpoint: its metadata lacks {missing}")
+    return dict(meta)
 
   def restore(self, step: int | None, abstract_state: Any) -> Restored:
     """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with shardings)."""
     step = self._resolve(step)
     meta = self.read_meta(step)
+    _quiet_stray_read_errors()
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
     data = _IteratorState()
+    where = f"checkpoint {step} in {self.directory}"
+    if (epath.Path(self.directory) / str(step) / "data").exists():
+      items["data"] = grain.checkpoint.CheckpointRestore(data)
+    elif meta.get("data_iterator"):
+      raise CheckpointError(f"{where} has lost its data iterator's position (no `data` item): "
+                            "it is damaged, and resuming from it would not be exact")
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data)))
-    except Exception as e:
-      raise CheckpointError(f"checkpoint {step} in {self.directory} could not be restored "
-                            f"({type(e).__name__}: {e})") from e
-    return Restored(dict(restored["state"]), meta, data.state)
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      state = restored["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
+                            "its arrays do not match its metadata") from None
+    _check_restored(state, abstract_state, where)
+    if data.state is not None:
+      try:
+        json.loads(data.state)
+      except ValueError as e:
+        raise CheckpointError(f"{where}: its data iterator's position is not JSON "
+                              f"({_cause(e)}); it is damaged") from None
+    return Restored(dict(state), meta, data.state)
 
   def _resolve(self, step: int | None) -> int:
     steps = self.steps()
     if not steps:
+      partial = sorted(os.path.basename(p) for p in
+                       glob.glob(os.path.join(glob.escape(self.directory), f"*{_TMP_SUFFIX}*")))
+      if partial:
+        raise CheckpointError(f"no complete checkpoint in {self.directory}: only interrupted "
+                              f"saves ({', '.join(partial)}), which are never restored")
       raise CheckpointError(f"no checkpoint in {self.directory}")
     if step is None:
       return max(steps)
@@ -140,18 +290,34 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then releases Orbax's threads."""
     self._manager.wait_until_finished()
     self._manager.close()
 
 
+def _check_restored(state, abstract_state, where: str) -> None:
+  """The restored tree must be the target's, leaf for leaf (shapes and dtypes)."""
+  got = jax.tree_util.tree_flatten_with_path(state)[0]
+  want = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  if [p for p, _ in got] != [p for p, _ in want]:
+    raise CheckpointError(f"{where}: its arrays do not form the tree its metadata describes")
+  for (path, a), (_, b) in zip(got, want):
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+      raise CheckpointError(f"{where}: {jax.tree_util.keystr(path)} is {a.dtype}{list(a.shape)}"
+                            f" but its metadata says {b.dtype}{list(b.shape)}")
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields where the checkpoint's config and the run's disagree on what the weights mean."""
+  if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+    raise CheckpointError(
+        f"the checkpoint's config is not a progae_jax TrainConfig: {str(saved)[:200]}")
   out = []
   for field in ("image_channels", "channels", "latent_dim", "leaky_slope"):
     a, b = saved["model"].get(field), current["model"].get(field)
     if field == "channels":  # Only resolutions both can reach must agree.
       common = set(a) & set(b)
-      a, b = {r: a[r] for r in sorted(common)}, {r: b[r] for r in sorted(common)}
+      a, b = {r: a[r] for r in sorted(common, key=int)}, {r: b[r] for r in sorted(common, key=int)}
     if a != b:
       out.append(f"model.{field}: checkpoint {a!r}, this run {b!r}")
   if saved.get("dataset") != current.get("dataset"):
@@ -165,9 +331,14 @@ def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
   path = os.path.abspath(path)
   if not os.path.exists(path):
     raise CheckpointError(f"{path} does not exist")
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path} is a file; give a work directory or a checkpoint's folder")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), step
   base = os.path.basename(path.rstrip("/"))
+  if _TMP_SUFFIX in base:
+    raise CheckpointError(f"{path} is an interrupted save, never a checkpoint; the complete "
+                          f"ones are beside it in {os.path.dirname(path)}")
   if base.isdigit() and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
     if step is not None and step != int(base):
       raise CheckpointError(f"{path} is checkpoint {base}, not {step}")
@@ -180,7 +351,8 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
 
   `path` is a work directory, its `checkpoints/` folder or one checkpoint's folder; `step`
   (images seen) picks a checkpoint, the latest by default. Returns `(state, meta)`;
-  `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`.
+  `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`. Raises
+  `CheckpointError` for anything missing, empty, damaged or foreign.
   """
   from progae_jax import parallel, train
   from progae_jax.model import Stage
@@ -189,16 +361,19 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   directory, step = locate(path, step)
   manager = Checkpointer(directory, read_only=True, asynchronous=False)
   try:
+    step = manager._resolve(step)
     meta = manager.read_meta(step)
     try:
       config = TrainConfig.from_dict(meta["config"])
       stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f"checkpoint metadata in {directory} is not a progae_jax "
-                            f"run's ({type(e).__name__}: {e})") from e
-    mesh = mesh or parallel.make_mesh()
-    optimizer = train.make_optimizer(config.stage(stage.resolution).learning_rate)
-    restored = manager.restore(step, train.abstract_state(config, stage, optimizer, mesh))
+      optimizer = train.make_optimizer(config.stage(stage.resolution).learning_rate)
+      abstract = train.abstract_state(config, stage, optimizer, mesh or parallel.make_mesh())
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise CheckpointError(
+          f"the metadata of checkpoint {step} in {directory} does not "
+          f"describe a progae_jax {progae_jax.__version__} run (written by version "
+          f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
+    restored = manager.restore(step, abstract)
     return restored.state, restored.meta
   finally:
     manager.close()

@@ -1,0 +1,544 @@
+"""Checkpoints a user can trust: exact resume, kill safety, clear errors, inspection.
+
+The runs here are real `progae train` processes on the digits (4x4 -> 8x8, 512 images):
+
+    4x4 stable [0, 128)  ->  8x8 fade [128, 384)  ->  8x8 stable [384, 512)
+
+with a checkpoint every 64 images and at each phase end. They share a persistent XLA
+compilation cache, so only the first one pays for compiling (the cache stores the very
+executables a fresh compile makes, so the bits are the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from progae_jax import checkpoint, cli, count_params, data, train
+from progae_jax.checkpoint import CheckpointError
+from progae_jax.config import ModelConfig
+from progae_jax.schedule import StageSchedule, TrainConfig
+
+N = 512  # Images of the whole run.
+CONFIG = {
+    "dataset": "digits", "max_resolution": 8, "batch_size": 32,
+    "model": {"channels": {"4": 8, "8": 8}, "latent_dim": 8},
+    "stages": {"4": {"fade_images": 0, "stable_images": 128, "batch_size": 32,
+                     "learning_rate": 0.002},
+               "8": {"fade_images": 256, "stable_images": 128, "batch_size": 32,
+                     "learning_rate": 0.001}},
+    "eval_every_images": 128, "eval_images": 64, "log_every_steps": 3,
+    "checkpoint_every_images": 64,
+}
+
+# Runs `progae` with Orbax's last act of one save (the rename that makes the checkpoint) held
+# back: forever (the test then kills it mid-save, every time) or for a few seconds.
+HANG_DRIVER = '''
+import asyncio, os, sys
+from orbax.checkpoint._src.path import async_path
+
+HANG_AT, MARKER = os.environ["PROGAE_HANG_AT"], os.environ["PROGAE_HANG_MARKER"]
+SECONDS = float(os.environ.get("PROGAE_HANG_SECONDS", "3600"))
+_rename = async_path.rename
+
+async def rename(src, dst, *args, **kwargs):
+  if os.path.basename(str(dst)) == HANG_AT and ".orbax-checkpoint-tmp" in str(src):
+    with open(MARKER, "w") as f:
+      f.write(str(src))
+    await asyncio.sleep(SECONDS)
+  return await _rename(src, dst, *args, **kwargs)
+
+async_path.rename = rename
+from progae_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+class Runner:
+  """`progae train` in fresh processes sharing one data directory and compilation cache."""
+
+  def __init__(self, base, data_dir):
+    self.base, self.data_dir = base, data_dir
+    self.config = os.path.join(base, "config.json")
+    with open(self.config, "w") as f:
+      json.dump(CONFIG, f)
+    self.driver = os.path.join(base, "hang_driver.py")
+    with open(self.driver, "w") as f:
+      f.write(HANG_DRIVER)
+    self.env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir,
+                    JAX_COMPILATION_CACHE_DIR=os.path.join(base, "xla_cache"),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+  def argv(self, workdir, *extra):
+    return ["train", "--preset", "digits", "--config", self.config, "--data-dir",
+            self.data_dir, "--workdir", workdir, "--quiet", *extra]
+
+  def train(self, workdir, *extra, expect=0, **env):
+    proc = subprocess.run([sys.executable, "-m", "progae_jax", *self.argv(workdir, *extra)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(self.env, **env))
+    assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+  def hanging(self, workdir, hang_at, *extra, seconds=None):
+    """Starts a run whose save of checkpoint `hang_at` stalls before its commit."""
+    marker = os.path.join(self.base, f"marker_{os.path.basename(workdir)}_{hang_at}")
+    env = dict(self.env, PROGAE_HANG_AT=str(hang_at), PROGAE_HANG_MARKER=marker)
+    if seconds is not None:
+      env["PROGAE_HANG_SECONDS"] = str(seconds)
+    log = marker + ".log"  # A file, not a pipe: a full pipe would stall the run itself.
+    with open(log, "w") as out:
+      proc = subprocess.Popen([sys.executable, self.driver, *self.argv(workdir, *extra)],
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc.log = log
+    return proc, marker
+
+
+def _leaves(state):
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def assert_bit_identical(a, b):
+  la, lb = _leaves(a), _leaves(b)
+  assert la.keys() == lb.keys()
+  differ = [k for k in la if la[k].dtype != lb[k].dtype or not np.array_equal(la[k], lb[k])]
+  assert not differ, f"{len(differ)} of {len(la)} leaves differ, e.g. {differ[:5]}"
+
+
+def _records(workdir):
+  """metrics.jsonl without the wall-clock speed: what must repeat exactly."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _steps(workdir):
+  return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).steps()
+
+
+def _wait_for(path, proc, timeout=240):
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"the run ended (rc {proc.returncode}) before the save started:\n"
+                           + _read(proc.log)[-3000:])
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError("the save never started")
+    time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory, data_dir):
+  return Runner(str(tmp_path_factory.mktemp("ckpt_runs")), data_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(runner):
+  """All N images in one process."""
+  workdir = os.path.join(runner.base, "reference")
+  runner.train(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(runner, reference):
+  """Stopped at N/2 (mid-fade, alpha 0.5), the process exiting; then resumed to N.
+
+  Returns (a copy of the work directory as the stopped run left it, the resumed one)."""
+  workdir = os.path.join(runner.base, "halves")
+  first = runner.train(workdir, "--stop-after-images", str(N // 2))
+  assert f"stopped at {N // 2} images" in first.stdout
+  stopped = os.path.join(runner.base, "stopped_copy")
+  shutil.copytree(workdir, stopped)
+  second = runner.train(workdir)
+  assert f"resuming {workdir} at {N // 2} images (8x8 fade)" in second.stdout
+  return stopped, workdir
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume
+
+
+def test_stop_mid_fade_then_resume_in_a_new_process_is_bit_identical(reference,
+                                                                      stopped_and_resumed):
+  stopped, resumed = stopped_and_resumed
+  _, meta = checkpoint.restore(stopped)
+  assert (meta["images_seen"], meta["resolution"], meta["phase"]) == (N // 2, 8, "fade")
+  assert meta["alpha"] == 0.5 and meta["phase_index"] == 1 and meta["data_iterator"]
+
+  want, want_meta = checkpoint.restore(reference)
+  got, got_meta = checkpoint.restore(resumed)
+  assert want_meta["images_seen"] == got_meta["images_seen"] == N
+  # Parameters, Adam's moments and count, the learning rate, EMA, step and RNG: every bit.
+  assert_bit_identical(want, got)
+  assert int(got["step"]) == N // 32
+  # The same losses, step by step, and the same held-out evaluations: the same batches,
+  # in the same order, at the same alpha and learning rate.
+  assert _records(resumed) == _records(reference)
+
+
+def test_two_stops_at_odd_places_resume_bit_identical(runner, reference):
+  """Stopped mid-phase at 4x4 (96) and mid-fade away from any checkpoint or log step (288)."""
+  workdir = os.path.join(runner.base, "thirds")
+  runner.train(workdir, "--stop-after-images", "96")
+  second = runner.train(workdir, "--stop-after-images", "288")
+  assert "resuming" in second.stdout and "at 96 images (4x4 stable)" in second.stdout
+  third = runner.train(workdir)
+  assert "at 288 images (8x8 fade)" in third.stdout
+  assert_bit_identical(checkpoint.restore(reference)[0], checkpoint.restore(workdir)[0])
+  assert _records(workdir) == _records(reference)
+
+
+def test_data_iterator_position_round_trips(data_dir, tmp_path):
+  """The saved position gives the very batches the saved iterator would have given next."""
+  make = lambda: data.batches("digits", resolution=8, batch_size=32, seed=7, data_dir=data_dir,
+                              shard_index=0, shard_count=1)
+  it = make()
+  for _ in range(50):  # Past the end of the first epoch (1,500 images).
+    next(it)
+  state = {"w": jnp.arange(3.0)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(50 * 32, state, {"resolution": 8, "phase": "stable", "config": {}}, it)
+  expected = [next(it) for _ in range(3)]  # The iterator moves on during the async save.
+  ckpt.close()
+
+  restored = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(
+      None, jax.eval_shape(lambda: state))
+  fresh = make()
+  fresh.set_state(checkpoint.decode_iterator_state(restored.data_state, fresh))
+  for want in expected:
+    np.testing.assert_array_equal(next(fresh), want)
+  assert not np.array_equal(next(make()), expected[0])  # Not the same by accident.
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: asynchronous, kept, waited for
+
+
+def test_save_does_not_wait_for_the_write_and_close_waits(tmp_path, monkeypatch):
+  from orbax.checkpoint._src.path import async_path
+  release, rename = threading.Event(), async_path.rename
+
+  async def held(src, dst, *args, **kwargs):
+    if os.path.basename(str(dst)) == "5":
+      await asyncio.to_thread(release.wait, 60)
+    return await rename(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(async_path, "rename", held)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  t = time.perf_counter()
+  ckpt.save(5, {"w": jnp.ones(4)}, {"resolution": 4, "phase": "stable", "config": {}})
+  assert time.perf_counter() - t < 30  # Returned while the commit is held back...
+  assert os.listdir(tmp_path) == ["5.orbax-checkpoint-tmp"]
+  assert checkpoint.Checkpointer(str(tmp_path), read_only=True).steps() == []  # ...not listed.
+  release.set()
+  ckpt.close()  # Waits for the pending save.
+  assert sorted(os.listdir(tmp_path)) == ["5"]
+  assert checkpoint.Checkpointer(str(tmp_path), read_only=True).steps() == [5]
+
+
+def _steps_of(directory):
+  return checkpoint.Checkpointer(str(directory), read_only=True).steps()
+
+
+def test_keeps_the_latest_n_and_the_best(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  meta = lambda r: {"resolution": r, "phase": "stable", "config": {}}
+  # The best is ranked by resolution first: 40 dB at 4x4 is worth less than 20 dB at 8x8.
+  for step, res, psnr in [(1, 4, 40.0), (2, 8, 20.0), (3, 8, 10.0), (4, 8, None), (5, 8, None)]:
+    ckpt.save(step, {"w": jnp.full(2, step)}, meta(res), psnr=psnr)
+  ckpt.close()
+  assert _steps_of(tmp_path) == [2, 4, 5]
+
+
+def test_the_reference_run_kept_the_latest_and_best_and_nothing_half_written(reference):
+  assert _steps(reference) == [448, 512]
+  assert not [p for p in os.listdir(os.path.join(reference, "checkpoints")) if "tmp" in p]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kill safety
+
+
+def test_sigkill_during_an_async_save_resumes_from_the_previous_checkpoint(runner, reference):
+  workdir = os.path.join(runner.base, "killed")
+  proc, marker = runner.hanging(workdir, 320)
+  try:
+    _wait_for(marker, proc)  # Every file of checkpoint 320 is written, its commit is not.
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "320.orbax-checkpoint-tmp"))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, _read(proc.log)[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  # Saved every 64 images and at the 4x4 -> 8x8 boundary (128, the best: it has a held-out
+  # PSNR), keeping the latest two; the interrupted save of 320 is not a checkpoint.
+  assert _steps(workdir) == [128, 192, 256], _read(proc.log)[-3000:]
+
+  resumed = runner.train(workdir)
+  assert f"resuming {workdir} at 256 images (8x8 fade)" in resumed.stdout, resumed.stdout
+  assert _steps(workdir) == [448, 512], resumed.stdout + resumed.stderr[-3000:]
+  assert not [p for p in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in p]
+  # Lost only the work since 256, and redid it exactly.
+  assert_bit_identical(checkpoint.restore(reference)[0], checkpoint.restore(workdir)[0])
+  assert _records(workdir) == _records(reference)
+
+
+def test_restart_says_what_it_deletes_and_the_run_waits_for_its_last_save(runner, reference,
+                                                                          tmp_path):
+  workdir = str(tmp_path / "restarted")
+  shutil.copytree(reference, workdir)
+  proc, marker = runner.hanging(workdir, 64, "--restart", "--stop-after-images", "64",
+                                seconds=3)
+  assert proc.wait(timeout=300) == 0, _read(proc.log)[-3000:]
+  out = _read(proc.log)
+  assert os.path.exists(marker)  # The last save was still being written at the stop...
+  assert "--restart: deleting the checkpoints [448, 512]" in out
+  assert _steps(workdir) == [64]  # ...and the process exited only once it was complete.
+  assert max(r["images_seen"] for r in _records(workdir)) == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring, and every way it can go wrong
+
+
+def test_restore_needs_no_knowledge_of_the_stage(reference):
+  state, meta = checkpoint.restore(reference)
+  assert set(state) == {"params", "opt_state", "ema", "step", "rng"}
+  assert meta["version"] and meta["images_seen"] == N and meta["metrics"]["psnr"] > 0
+  config = TrainConfig.from_dict(meta["config"])
+  assert config.model.latent_dim == 8 and config.stage(8).learning_rate == 0.001
+  assert state["params"]["encoder"]["block_8"]["conv1"]["kernel"].shape == (3, 3, 8, 8)
+  # An older checkpoint, by step or by its own folder.
+  older, older_meta = checkpoint.restore(reference, step=448)
+  assert older_meta["images_seen"] == 448 and int(older["step"]) == 448 // 32
+  by_folder, _ = checkpoint.restore(os.path.join(reference, "checkpoints", "448"))
+  assert_bit_identical(older, by_folder)
+
+
+def test_restore_never_unpickles(reference, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError("pickle was used")
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, refuse)
+  state, _ = checkpoint.restore(reference)
+  assert int(state["step"]) == N // 32
+
+
+def test_a_contradicting_config_lists_every_differing_field(reference, data_dir, tmp_path,
+                                                            capsys):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  other = str(tmp_path / "other.json")
+  with open(other, "w") as f:
+    json.dump(dict(CONFIG, model={"channels": {"4": 16, "8": 8}, "latent_dim": 4}), f)
+  assert cli.main(["train", "--preset", "digits", "--config", other, "--data-dir", data_dir,
+                   "--workdir", workdir, "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert "contradicts this run's config" in err and "Traceback" not in err
+  assert "model.channels: checkpoint {'4': 8, '8': 8}, this run {'4': 16, '8': 8}" in err
+  assert "model.latent_dim: checkpoint 8, this run 4" in err
+
+  # Image channels and dataset too (an RGB dataset stands in, so nothing is prepared).
+  rgb = types.SimpleNamespace(dataset_info=lambda name, **kw: types.SimpleNamespace(
+      channels=3, native_resolution=64))
+  config = TrainConfig(model=ModelConfig(image_channels=3, max_resolution=8,
+                                         channels={4: 16, 8: 8}, latent_dim=4),
+                       dataset="rgb_photos", default_stage=StageSchedule(batch_size=32))
+  with pytest.raises(CheckpointError) as e:
+    train.train_and_evaluate(config, workdir, data_module=rgb, progress=False)
+  for field in ("model.image_channels", "model.channels", "model.latent_dim", "dataset"):
+    assert field in str(e.value)
+  assert _steps(workdir) == [448, 512]  # Nothing was touched.
+
+
+def _damage(name):
+  """Ways a checkpoint (the latest, 512) can be missing, empty or corrupt."""
+  def files(c, sub):
+    return [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(c, sub)) for f in fs]
+
+  def scramble(path):
+    with open(path, "r+b") as f:
+      size = len(f.read())
+      f.seek(0)
+      f.write(np.random.default_rng(0).bytes(size))
+
+  def truncate(path):
+    with open(path, "r+b") as f:
+      f.truncate(7)
+
+  def write(path, text):
+    with open(path, "w") as f:
+      f.write(text)
+
+  def edit(path, old, new):
+    with open(path) as f:
+      text = f.read()
+    assert old in text
+    write(path, text.replace(old, new))
+
+  return {
+      "array files scrambled": lambda c: [scramble(p) for p in files(c, "state/ocdbt.process_0/d")],
+      "array files truncated": lambda c: [truncate(p) for p in files(c, "state/ocdbt.process_0/d")],
+      "array files deleted": lambda c: [os.remove(p) for p in files(c, "state/ocdbt.process_0")],
+      "array index scrambled": lambda c: scramble(os.path.join(c, "state", "manifest.ocdbt")),
+      "state item deleted": lambda c: shutil.rmtree(os.path.join(c, "state")),
+      "meta item deleted": lambda c: shutil.rmtree(os.path.join(c, "meta")),
+      "meta not JSON": lambda c: write(os.path.join(c, "meta", "metadata"), "\x00{garbage"),
+      "meta of another program": lambda c: write(os.path.join(c, "meta", "metadata"),
+                                                 '{"epoch": 3}'),
+      "meta contradicts arrays": lambda c: edit(os.path.join(c, "meta", "metadata"),
+                                                '"latent_dim": 8', '"latent_dim": 6'),
+      "data position lost": lambda c: shutil.rmtree(os.path.join(c, "data")),
+      "data position not JSON": lambda c: write(
+          os.path.join(c, "data", "process_0-of-1.json"), "{{{"),
+      "folder emptied": lambda c: [shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+                                   for p in [os.path.join(c, x) for x in os.listdir(c)]],
+  }[name]
+
+
+DAMAGE = {
+    "array files scrambled": "could not be restored",
+    "array files truncated": "could not be restored",
+    "array files deleted": "could not be restored",
+    "array index scrambled": "could not be restored",
+    "state item deleted": "could not be restored",
+    "meta item deleted": "no readable metadata",
+    "meta not JSON": "no readable metadata",
+    "meta of another program": "is not a progae_jax checkpoint",
+    "meta contradicts arrays": "could not be restored",
+    "data position lost": "lost its data iterator's position",
+    "data position not JSON": "data iterator's position is not JSON",
+    "folder emptied": "no readable metadata",
+}
+RESUME_ONLY = {"data position lost", "data position not JSON"}  # What only a resume reads.
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_gives_a_clear_error(damage, runner, reference, tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("448"))
+  _damage(damage)(os.path.join(workdir, "checkpoints", "512"))
+  if damage not in RESUME_ONLY:  # `restore` and `inspect` need no data position.
+    with pytest.raises(CheckpointError, match=DAMAGE[damage]) as e:
+      checkpoint.restore(workdir)
+    assert "512" in str(e.value)
+    # Raised from None: no chained traceback from inside Orbax.
+    assert e.value.__cause__ is None and (e.value.__context__ is None
+                                          or e.value.__suppress_context__)
+    assert cli.main(["inspect", workdir]) == 2
+    err = capsys.readouterr().err
+    assert "progae inspect: error:" in err and DAMAGE[damage] in err and "Traceback" not in err
+  # Resuming from it (`progae train --workdir`) fails as clearly, before training anything.
+  assert cli.main(runner.argv(workdir)) == 2
+  err = capsys.readouterr().err
+  expected = ("contradicts this run's config" if damage == "meta contradicts arrays"
+              else DAMAGE[damage])
+  assert "progae train: error:" in err and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["array files deleted", "meta contradicts arrays"])
+def test_a_damaged_checkpoint_prints_no_traceback_in_a_real_process(damage, runner, reference,
+                                                                   tmp_path):
+  """Orbax's other reads fail after the first one, in threads: none of it may reach the user."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  _damage(damage)(os.path.join(workdir, "checkpoints", "512"))
+  proc = subprocess.run([sys.executable, "-m", "progae_jax", "inspect", workdir],
+                        capture_output=True, text=True, timeout=120, env=runner.env)
+  assert proc.returncode == 2
+  assert "progae inspect: error: checkpoint 512" in proc.stderr
+  for noise in ("Traceback", "Exception ignored", "never retrieved", "never awaited"):
+    assert noise not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where, step, message", [
+    ("missing", None, "does not exist"),
+    ("a file", None, "is a file"),
+    ("empty", None, "no checkpoint in"),
+    ("only an interrupted save", None, r"only interrupted saves \(512\.orbax-checkpoint-tmp\)"),
+    ("the interrupted save itself", None, "is an interrupted save"),
+    ("reference", 7, "no checkpoint 7 in .*; there are \\[448, 512\\]"),
+])
+def test_missing_and_empty_checkpoints_give_clear_errors(where, step, message, reference,
+                                                         tmp_path, capsys):
+  path = {"missing": str(tmp_path / "nowhere"), "a file": os.path.join(reference, "curves.png"),
+          "empty": str(tmp_path), "reference": reference}.get(where)
+  if "interrupted" in where:  # What a save killed before its commit leaves.
+    os.makedirs(tmp_path / "checkpoints")
+    shutil.copytree(os.path.join(reference, "checkpoints", "512"),
+                    tmp_path / "checkpoints" / "512.orbax-checkpoint-tmp")
+    path = str(tmp_path) if where.startswith("only") else str(
+        tmp_path / "checkpoints" / "512.orbax-checkpoint-tmp")
+  with pytest.raises(CheckpointError, match=message):
+    checkpoint.restore(path, step)
+  argv = ["inspect", path] + ([] if step is None else ["--step", str(step)])
+  assert cli.main(argv) == 2
+  assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspecting
+
+
+def test_inspect_prints_stage_metrics_and_parameter_table(reference, stopped_and_resumed,
+                                                          capsys):
+  assert cli.main(["inspect", reference]) == 0
+  out = capsys.readouterr().out
+  assert "checkpoint: 512 images seen, stage 8x8 stable (alpha 1.000), step 16" in out
+  assert "dataset digits" in out and "held-out evaluations:" in out
+  assert out.count(" dB  SSIM ") == 4  # Evaluations at 128, 256 (mid-fade), 384 and 512.
+  assert "encoder/block_8/conv1/kernel" in out and "(3, 3, 8, 8)" in out
+  state, _ = checkpoint.restore(reference)
+  assert f"total" in out and f"{count_params(state['params']):,}" in out
+  assert "from_image_4" not in out  # The faded-out adapter is gone at 8x8 stable.
+
+  stopped, _ = stopped_and_resumed  # One checkpoint's folder, mid-fade.
+  assert cli.main(["inspect", os.path.join(stopped, "checkpoints", "256")]) == 0
+  out = capsys.readouterr().out
+  assert "256 images seen, stage 8x8 fade (alpha 0.500)" in out
+  assert "encoder/from_image_4/conv/kernel" in out  # Both adapters, while fading.
+
+
+def test_reconstruct_writes_a_grid_of_originals_and_reconstructions(reference,
+                                                                    stopped_and_resumed,
+                                                                    data_dir, tmp_path, capsys):
+  import matplotlib.image
+  for path, name in ((reference, "end.png"),
+                     (os.path.join(stopped_and_resumed[0], "checkpoints", "256"), "fade.png")):
+    out = str(tmp_path / name)
+    assert cli.main(["reconstruct", path, "--dataset", "digits", "--data-dir", data_dir,
+                     "--out", out, "--count", "8"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    image = matplotlib.image.imread(out)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 100
