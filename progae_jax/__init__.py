@@ -7,6 +7,7 @@ resolution), `growth` (grow, finish_fade and the optimizer state that follows), 
 
 __version__ = "0.1.0"
 
+from progae_jax.checkpoint import CheckpointError, restore
 from progae_jax.config import ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state, merge_by_path
 from progae_jax.model import Stage, apply, build, count_params, init_params, stage_of

@@ -38,6 +38,8 @@ class ParamTable:
     lines.append(f"{'total':<{width}}  {'':<18} {'':<9} {self.total:>11,}")
     return "\n".join(lines)
 
+  __repr__ = __str__  # A notebook cell or a REPL shows the table, not the dataclass.
+
   def _repr_html_(self):
     body = "".join(f"<tr><td><code>{html.escape(p)}</code></td><td>{s}</td><td>{d}</td>"
                    f"<td style='text-align:right'>{c:,}</td></tr>" for p, s, d, c in self.rows)
@@ -69,6 +71,8 @@ class GrowthDiff:
       if kind != "kept":
         lines += [f"  {sign} {p}  {s}  ({_count(s):,})" for p, s in rows]
     return "\n".join(lines)
+
+  __repr__ = __str__
 
   def _repr_html_(self):
     colours = {"kept": "#888", "new": "#2a7", "dropped": "#c33"}

@@ -42,7 +42,7 @@ CONFIG = {
                "8": {"fade_images": 256, "stable_images": 128, "batch_size": 32,
                      "learning_rate": 0.001}},
     "eval_every_images": 128, "eval_images": 64, "log_every_steps": 3,
-    "checkpoint_every_images": 64,
+    "checkpoint_every_images": 64, "ema_decay": 0.99,
 }
 
 # Runs `progae` with Orbax's last act of one save (the rename that makes the checkpoint) held

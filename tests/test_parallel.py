@@ -39,7 +39,7 @@ CONFIG_JSON = {
                "8": {"fade_images": 48, "stable_images": 32, "batch_size": 16,
                      "learning_rate": 0.002}},
     "eval_images": 16, "eval_every_images": 100_000, "checkpoint_every_images": 100_000,
-    "log_every_steps": 2,
+    "log_every_steps": 2, "ema_decay": 0.99,
 }
 TOTAL_IMAGES = 128
 
