@@ -242,15 +242,22 @@ class Checkpointer:
                             f"checkpoint: its metadata lacks {missing}")
     return dict(meta)
 
-  def restore(self, step: int | None, abstract_state: Any) -> Restored:
-    """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with shardings)."""
+  def restore(self, step: int | None, abstract_state: Any, *,
+              with_data: bool = True) -> Restored:
+    """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with shardings).
+
+    `with_data=False` skips the data position: it is saved per process, so only a run with
+    the same number of processes can use it, while the state restores on any topology.
+    """
     step = self._resolve(step)
     meta = self.read_meta(step)
     _quiet_stray_read_errors()
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data = _IteratorState()
     where = f"checkpoint {step} in {self.directory}"
-    if (epath.Path(self.directory) / str(step) / "data").exists():
+    if not with_data:
+      pass
+    elif (epath.Path(self.directory) / str(step) / "data").exists():
       items["data"] = grain.checkpoint.CheckpointRestore(data)
     elif meta.get("data_iterator"):
       raise CheckpointError(f"{where} has lost its data iterator's position (no `data` item): "
@@ -373,7 +380,7 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
           f"the metadata of checkpoint {step} in {directory} does not "
           f"describe a progae_jax {progae_jax.__version__} run (written by version "
           f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
-    restored = manager.restore(step, abstract)
+    restored = manager.restore(step, abstract, with_data=False)
     return restored.state, restored.meta
   finally:
     manager.close()

@@ -169,9 +169,7 @@ def cmd_train(args) -> int:
                                     progress=not args.quiet,
                                     stop_after_images=args.stop_after_images)
   finished = result.images_seen >= train.phases(config)[-1].end
-  if parallel.is_main_process() and not finished:
-    print(f"stopped at {result.images_seen:,} images; run the same command again to resume")
-  elif parallel.is_main_process() and result.final_eval:
+  if parallel.is_main_process() and finished and result.final_eval:
     e = result.final_eval
     print(f"final held-out PSNR: {e['psnr']:.2f} dB (SSIM {e['ssim']:.3f}) at "
           f"{e['resolution']}x{e['resolution']} after {result.images_seen:,} images")

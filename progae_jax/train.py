@@ -375,7 +375,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
           bar.close()
           ckpt.close()
           if main:
-            print(f"stopped at {images_seen:,} images, checkpoint saved in {ckpt.directory}")
+            print(f"stopped at {images_seen:,} images, checkpoint saved in {ckpt.directory}; "
+                  "run the same command again to resume")
           return RunResult(images_seen, last_eval, pictures, None, summary, state)
 
       # End of the phase: evaluate at its final alpha, save pictures, checkpoint.

@@ -398,10 +398,6 @@ if __name__ != "__main__":
     assert_params_close(flat_params(state["params"]), flat_params(runs["ref"].state["params"]))
     assert_params_close(flat_params(state["ema"]), flat_params(runs["ref"].state["ema"]))
 
-  @pytest.mark.xfail(reason="checkpoint.restore() (progae inspect/reconstruct) also restores "
-                     "the data iterator item, which grain keeps per process "
-                     "(process_I-of-N.json): a checkpoint written by 2 processes cannot be "
-                     "read by 1. Fix belongs in checkpoint.py: skip the data item there.")
   def test_inspect_reads_a_checkpoint_written_by_two_processes(runs):
     state, meta = checkpoint.restore(runs["dist_workdir"])
     assert meta["images_seen"] == TOTAL_IMAGES
