@@ -1,0 +1,475 @@
+"""`progae bench`: steady-state training speed of every stage, optionally beside PyTorch.
+
+    progae bench                                          # stages 8, 16, 32; fade and stable
+    progae bench --vs-torch ../shared/bench/torch_ref.py  # ... and the PyTorch reference
+    python -m progae_jax.bench --resolutions 16 --rounds 5 --json bench.jsonl
+
+For every stage (resolution and phase) it compiles the real training step
+(`progae_jax.train.make_train_step`: MSE against the faded target, Adam, EMA, metrics, state
+donated) once, then times windows of steps on one fixed random batch: images/s is the
+median over the windows, after warm-up. Data loading is not part of it. With `--vs-torch`, the
+reference script runs as a subprocess for the same resolution, batch, alpha, image channels,
+channel widths and latent width, alternating with this process's own windows (so both see
+the same load on a shared machine), and the ratio is JAX / PyTorch, median over median.
+
+Output: one JSON line per stage (`"kind": "stage"`), one `"kind": "summary"` line, and a
+readable table. `--json PATH` writes the JSON lines to a file as well.
+
+On the CPU the training step runs data-parallel over `--cpu-devices` host devices (default: one
+per core). XLA:CPU runs each convolution on one core, so one device per core is what puts every
+core to work (benchmarks/training_speed.md has the measurements). Devices and `--xla-flags`
+must be set before JAX starts its backend: `main` does that first thing; `run_bench` called
+from a process whose backend is already up runs with the devices it finds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+DEFAULT_RESOLUTIONS = (8, 16, 32)
+PHASES = ("fade", "stable")
+BUSY_WARNING = 0.1  # Others' share of the CPU above which the table carries a warning.
+
+
+# ---------------------------------------------------------------------------------------------
+# Process set-up (before JAX's backend exists)
+
+
+def backend_started() -> bool:
+  from jax._src import xla_bridge
+  return xla_bridge.backends_are_initialized()
+
+
+def configure_cpu(cpu_devices: int | None, xla_flags: str = "") -> list[str]:
+  """Asks for `cpu_devices` host devices and appends `xla_flags` to XLA_FLAGS.
+
+  Only effective before the backend starts; returns warnings (empty when all was applied).
+  """
+  warnings = []
+  started = backend_started()
+  if xla_flags:
+    if started:
+      warnings.append(f"JAX's backend is already running: --xla-flags {xla_flags!r} ignored")
+    else:
+      os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                                       xla_flags]))
+  if cpu_devices:
+    import jax
+    if started:
+      have = len(jax.devices("cpu"))
+      if have != cpu_devices:
+        warnings.append(f"JAX's backend is already running with {have} CPU device(s): "
+                        f"--cpu-devices {cpu_devices} ignored")
+    else:
+      jax.config.update("jax_num_cpu_devices", cpu_devices)
+  return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX side
+
+
+@dataclasses.dataclass
+class JaxStage:
+  """A compiled training step at one stage, with its state and a fixed batch."""
+  run: Callable[[int], float]  # run(steps) -> seconds for that many steps (blocking)
+  compile_s: float
+  peak_bytes: int | None  # per device: XLA's buffer assignment, or the device's own counter
+  peak_source: str
+  devices: int
+  platform: str
+  hlo_text: Callable[[], str] | None = None  # the compiled step's HLO text, for profiling
+
+
+def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
+  """The training state at a stage, grown from 4x4 the way training grows it."""
+  from progae_jax import train
+  from progae_jax.model import Stage, stage_of
+  state = train.init_state(config, optimizer, mesh)
+  target = Stage(resolution, fading)
+  while stage_of(state["params"]) != target:
+    state = train.advance_state(state, config, optimizer, mesh)
+  return state
+
+
+def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, alpha: float,
+                      *, compute_dtype: str = "float32", seed: int = 0) -> JaxStage:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from progae_jax import parallel, train
+  from progae_jax.schedule import TrainConfig
+
+  config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed)
+  optimizer = train.make_optimizer()
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(batch, mesh)
+  state = _state_at(config, resolution, fading, optimizer, mesh)
+  images = np.random.default_rng(seed).random(
+      (batch, resolution, resolution, model_config.image_channels), dtype=np.float32)
+  images = jax.device_put(images, parallel.data_sharding(mesh))
+  alpha_arr = jax.device_put(jnp.float32(alpha), parallel.replicated(mesh))
+
+  step = train.make_train_step(config, optimizer, mesh)
+  t = time.perf_counter()
+  compiled = step.lower(state, images, alpha_arr).compile()
+  compile_s = time.perf_counter() - t
+
+  peak, source = None, "n/a"
+  try:  # What XLA's buffer assignment needs on one device: arguments, outputs, temporaries.
+    mem = compiled.memory_analysis()
+    peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+               + mem.temp_size_in_bytes)
+    source = "xla"
+  except Exception:  # Not every backend has the analysis.
+    pass
+
+  holder = {"state": state}
+
+  def run(steps: int) -> float:
+    s = holder["state"]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      s, metrics = compiled(s, images, alpha_arr)
+    jax.block_until_ready(metrics)
+    dt = time.perf_counter() - t0
+    holder["state"] = s
+    return dt
+
+  device = mesh.devices.flat[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  run(2)  # Warm-up: first-run allocations, thread pools.
+  if stats is not None:  # Accelerators count their own peak (over the whole process).
+    stats = device.memory_stats() or {}
+    if stats.get("peak_bytes_in_use"):
+      peak, source = int(stats["peak_bytes_in_use"]), "device"
+  return JaxStage(run, compile_s, peak, source, mesh.devices.size, device.platform,
+                  compiled.as_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch side
+
+
+def torch_command(script: str, model_config, resolution: int, batch: int, alpha: float,
+                  steps: int, python: str | None = None) -> list[str]:
+  """The reference's command line, for exactly this model (channels, latent, image channels)."""
+  ch = ",".join(f"{r}:{c}" for r, c in model_config.channels)
+  return [python or sys.executable, script, "--res", str(resolution), "--batch", str(batch),
+          "--steps", str(steps), "--alpha", repr(float(alpha)),
+          "--channels", str(model_config.image_channels), "--ch", ch,
+          "--latent", str(model_config.latent_dim)]
+
+
+def run_torch(command: list[str], timeout: float = 900.0) -> dict:
+  """Runs the reference once: its JSON line, plus its peak resident memory ("max_rss_bytes")."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
+  timer = threading.Timer(timeout, proc.kill)
+  timer.start()
+  try:
+    out = proc.stdout.read()
+    proc.stdout.close()
+    # wait4, not wait: it hands back this child's own resource usage (its peak RSS).
+    _, status, usage = os.wait4(proc.pid, 0)
+  finally:
+    timer.cancel()
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise RuntimeError(f"the PyTorch reference failed (exit {proc.returncode}"
+                       f"{', killed after %.0f s' % timeout if proc.returncode < 0 else ''}): "
+                       f"{' '.join(command)}\n{out[-2000:]}")
+  lines = [l for l in out.splitlines() if l.lstrip().startswith("{")]
+  if not lines:
+    raise RuntimeError(f"the PyTorch reference printed no JSON line: {out[-2000:]}")
+  record = json.loads(lines[-1])
+  if "img_per_s" not in record:
+    raise RuntimeError(f"the PyTorch reference's JSON has no img_per_s: {lines[-1]}")
+  record["max_rss_bytes"] = usage.ru_maxrss * 1024  # KiB on Linux.
+  return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+class OtherLoad:
+  """How busy the machine was with other processes while we timed (Linux; None elsewhere).
+
+  All cores' busy time from /proc/stat, minus this process's and its children's CPU time, as
+  a fraction of the cores' capacity. On a shared machine 0.3 means that a third of every core
+  went to someone else, and every images/s here is lower (PyTorch's OpenMP threads suffer most).
+  """
+
+  def __init__(self):
+    self.busy = self.total = 0.0
+
+  @staticmethod
+  def _sample():
+    try:
+      with open("/proc/stat") as f:
+        fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+      return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    own = os.times()
+    mine = own.user + own.system + own.children_user + own.children_system
+    return sum(fields) / hz, (sum(fields) - idle) / hz, mine
+
+  def __enter__(self):
+    self._start = self._sample()
+    return self
+
+  def __exit__(self, *exc):
+    end = self._sample()
+    if self._start is not None and end is not None:
+      (t0, b0, m0), (t1, b1, m1) = self._start, end
+      self.total += t1 - t0
+      self.busy += max(0.0, (b1 - b0) - (m1 - m0))
+
+  @property
+  def fraction(self):
+    return round(self.busy / self.total, 3) if self.total > 0 else None
+
+
+
+def _median(xs):
+  return statistics.median(xs) if xs else None
+
+
+def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 64,
+              phases: Sequence[str] = PHASES, alpha: float = 0.5, rounds: int = 3,
+              window_s: float = 2.0, steps: int | None = None, vs_torch: str | None = None,
+              torch_python: str | None = None, model_config=None, image_channels: int = 3,
+              compute_dtype: str = "float32",
+              emit: Callable[[dict], None] | None = None) -> list[dict]:
+  """Times every (resolution, phase); returns (and emits, one by one) a record per stage.
+
+  `steps` fixes the steps per timed window; by default they are chosen so that a window lasts
+  about `window_s` seconds. With `vs_torch`, each round runs the reference once with the same
+  number of steps, in alternating order with this process's window.
+  """
+  import jax
+
+  from progae_jax.config import MIN_RESOLUTION, ModelConfig
+
+  if model_config is None:
+    model_config = ModelConfig(image_channels=image_channels,
+                               max_resolution=max(8, max(resolutions)))
+  for p in phases:
+    if p not in PHASES:
+      raise ValueError(f"unknown phase {p!r}: choose from {PHASES}")
+  if rounds < 1:
+    raise ValueError("rounds must be at least 1")
+  if vs_torch is not None and not os.path.exists(vs_torch):
+    raise FileNotFoundError(f"--vs-torch: no such file: {vs_torch}")
+  records = []
+  for resolution in resolutions:
+    if resolution not in model_config.resolutions:
+      raise ValueError(f"resolution {resolution} is not a stage of the model "
+                       f"{model_config.resolutions}")
+    for phase in phases:
+      fading = phase == "fade"
+      if fading and resolution == MIN_RESOLUTION:
+        continue  # 4x4 has nothing to fade from.
+      a = alpha if fading else 1.0
+      stage = prepare_jax_stage(model_config, resolution, fading, batch, a,
+                                compute_dtype=compute_dtype)
+      n = steps
+      if n is None:
+        per_step = stage.run(2) / 2
+        n = int(min(500, max(3, round(window_s / max(per_step, 1e-6)))))
+      jax_rates, torch_rates, torch_rss = [], [], []
+      others = OtherLoad()
+      command = (torch_command(vs_torch, model_config, resolution, batch, a, n, torch_python)
+                 if vs_torch else None)
+      for i in range(rounds):
+        order = ("jax", "torch") if i % 2 == 0 else ("torch", "jax")
+        for who in order:
+          if who == "jax":
+            with others:
+              jax_rates.append(n * batch / stage.run(n))
+          elif command is not None:
+            with others:
+              rec = run_torch(command)
+            torch_rates.append(float(rec["img_per_s"]))
+            torch_rss.append(rec["max_rss_bytes"])
+      jax_ips = _median(jax_rates)
+      torch_ips = _median(torch_rates)
+      record = {
+          "kind": "stage", "resolution": resolution, "phase": phase, "alpha": a,
+          "batch": batch, "image_channels": model_config.image_channels,
+          "steps_per_window": n, "rounds": rounds,
+          "jax_img_per_s": round(jax_ips, 2),
+          "jax_img_per_s_runs": [round(r, 2) for r in jax_rates],
+          "compile_s": round(stage.compile_s, 3),
+          "peak_mem_bytes": (None if stage.peak_bytes is None
+                             else stage.peak_bytes * stage.devices),
+          "peak_mem_bytes_per_device": stage.peak_bytes, "peak_mem_source": stage.peak_source,
+          "devices": stage.devices, "platform": stage.platform,
+          "torch_img_per_s": None if torch_ips is None else round(torch_ips, 2),
+          "torch_img_per_s_runs": [round(r, 2) for r in torch_rates],
+          "torch_max_rss_bytes": max(torch_rss) if torch_rss else None,
+          "ratio": None if not torch_ips else round(jax_ips / torch_ips, 3),
+          "others_cpu_share": others.fraction,
+      }
+      records.append(record)
+      if emit is not None:
+        emit(record)
+  return records
+
+
+def summary(records: list[dict], target: float | None = None) -> dict:
+  ratios = [r["ratio"] for r in records if r.get("ratio") is not None]
+  out = {"kind": "summary", "stages": len(records),
+         "min_ratio": min(ratios) if ratios else None,
+         "geomean_ratio": (round(statistics.geometric_mean(ratios), 3) if ratios else None)}
+  if target is not None and ratios:
+    out["target_ratio"] = target
+    out["meets_target"] = min(ratios) >= target
+  shares = [r["others_cpu_share"] for r in records if r.get("others_cpu_share") is not None]
+  out["max_others_cpu_share"] = max(shares) if shares else None
+  return out
+
+
+def _mb(b):
+  return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+def format_table(records: list[dict]) -> str:
+  has_torch = any(r.get("torch_img_per_s") is not None for r in records)
+  head = ["stage", "phase", "alpha", "batch", "JAX img/s", "compile s", "peak MB"]
+  if has_torch:
+    head += ["torch img/s", "torch RSS MB", "JAX/torch"]
+  rows = []
+  for r in records:
+    row = [f"{r['resolution']}x{r['resolution']}", r["phase"], f"{r['alpha']:g}",
+           str(r["batch"]), f"{r['jax_img_per_s']:.1f}", f"{r['compile_s']:.2f}",
+           _mb(r["peak_mem_bytes"])]
+    if has_torch:
+      t = r.get("torch_img_per_s")
+      row += ["-" if t is None else f"{t:.1f}", _mb(r.get("torch_max_rss_bytes")),
+              "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x"]
+    rows.append(row)
+  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+            for i, h in enumerate(head)]
+  line = lambda cells: "  ".join(c.rjust(w) if i >= 2 else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths)))
+  out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+  shares = [r["others_cpu_share"] for r in records if r.get("others_cpu_share") is not None]
+  if shares and max(shares) > BUSY_WARNING:
+    out.append(f"warning: other processes used up to {max(shares):.0%} of the CPU while this "
+               "ran; the numbers (PyTorch's most of all) are lower and noisier than on an idle "
+               "machine")
+  return "\n".join(out)
+
+
+def _parse_resolutions(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 8,16,32") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="progae bench", description=__doc__.split("\n\n")[0],
+      epilog="Peak MB: the training step's memory summed over the devices (on the CPU, what "
+             "XLA's buffer assignment reserves: state, batch, temporaries; on accelerators, the "
+             "device's own peak counter). Torch RSS: the reference process's peak resident "
+             "memory, its libraries included.")
+  p.add_argument("--resolutions", type=_parse_resolutions, default=DEFAULT_RESOLUTIONS,
+                 help="stages to time, comma separated (default: 8,16,32)")
+  p.add_argument("--phases", default="fade,stable",
+                 help="fade, stable or both (default: fade,stable)")
+  p.add_argument("--batch", type=int, default=64, help="global batch size (default: 64)")
+  p.add_argument("--alpha", type=float, default=0.5, help="alpha of the fade phases (0.5)")
+  p.add_argument("--image-channels", type=int, default=3, help="1 grey, 3 RGB (default: 3)")
+  p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--rounds", type=int, default=3,
+                 help="timed windows per stage (each followed or preceded by one reference "
+                      "run with --vs-torch); the median counts (default: 3)")
+  p.add_argument("--window", type=float, default=2.0,
+                 help="seconds per timed window; sets the steps per window (default: 2)")
+  p.add_argument("--steps", type=int, help="steps per window (overrides --window)")
+  p.add_argument("--vs-torch", metavar="PATH",
+                 help="a PyTorch reference script printing one JSON line with img_per_s, "
+                      "e.g. ../shared/bench/torch_ref.py")
+  p.add_argument("--torch-python", metavar="EXE",
+                 help="the Python that runs the reference (default: this one)")
+  p.add_argument("--target", type=float, default=1.2,
+                 help="JAX/torch ratio the summary checks every stage against (default: 1.2)")
+  p.add_argument("--cpu-devices", default="auto",
+                 help="host devices for the CPU backend: 'auto' = one per core (default), "
+                      "0 = JAX's default (one), or a number. Ignored on accelerators.")
+  p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this process")
+  p.add_argument("--json", metavar="PATH", help="also write the JSON lines to this file")
+  return p
+
+
+def _cpu_devices(text: str) -> int | None:
+  if text == "auto":
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))
+  n = int(text)
+  if n < 0:
+    raise ValueError("--cpu-devices must be 'auto', 0 (JAX's default) or a positive number")
+  return n or None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+  # First thing: devices and flags must be in place before JAX's backend starts.
+  warnings = configure_cpu(_cpu_devices(args.cpu_devices), args.xla_flags)
+  import jax
+
+  import progae_jax
+  for w in warnings:
+    print(f"progae bench: warning: {w}", file=sys.stderr)
+  json_file = open(args.json, "w") if args.json else None
+
+  def emit(record: dict) -> None:
+    text = json.dumps(record)
+    print(text, flush=True)
+    if json_file:
+      json_file.write(text + "\n")
+      json_file.flush()
+
+  try:
+    emit({"kind": "meta", "progae_jax": progae_jax.__version__, "jax": jax.__version__,
+          "backend": jax.default_backend(), "devices": len(jax.devices()),
+          "cpu_cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "vs_torch": args.vs_torch})
+    records = run_bench(args.resolutions, batch=args.batch, phases=phases, alpha=args.alpha,
+                        rounds=args.rounds, window_s=args.window, steps=args.steps,
+                        vs_torch=args.vs_torch, torch_python=args.torch_python,
+                        image_channels=args.image_channels,
+                        compute_dtype=args.compute_dtype, emit=emit)
+    emit(summary(records, args.target if args.vs_torch else None))
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    print(f"progae bench: error: {e}", file=sys.stderr)
+    return 2
+  finally:
+    if json_file:
+      json_file.close()
+  print()
+  print(format_table(records))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
