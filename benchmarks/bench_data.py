@@ -73,7 +73,18 @@ def main():
   parser.add_argument("--data-dir", default=None, help="default: $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets (built-in datasets are prepared there once)")
   parser.add_argument("--json", action="store_true", help="one JSON object per line")
+  parser.add_argument("--train-jsonl", metavar="FILE",
+                      help="JSON lines of `progae bench --json FILE`: adds the train step's "
+                           "batches/s at each resolution (its slower phase) and the ratio of "
+                           "the pipeline's slowest number to it")
   args = parser.parse_args()
+  step_rate = {}
+  if args.train_jsonl:
+    with open(args.train_jsonl) as f:
+      for r in map(json.loads, f):
+        if r.get("kind") == "stage":
+          rate = r["jax_img_per_s"] / r["batch"]
+          step_rate[r["resolution"]] = min(rate, step_rate.get(r["resolution"], rate))
 
   print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
   if not args.json:
@@ -81,13 +92,20 @@ def main():
   for name in args.datasets:
     for resolution in data.dataset_info(name, data_dir=args.data_dir).resolutions:
       row = measure(name, resolution, args)
+      if resolution in step_rate:
+        slowest = min(row[k] for k in ("first_epoch_from_disk", "first_epoch_next_stage",
+                                       "later_epochs"))
+        row["train_step_batches_per_s"] = round(step_rate[resolution], 1)
+        row["slowest_over_step"] = round(slowest / step_rate[resolution], 1)
       if args.json:
         print(json.dumps(row), flush=True)
       else:
         cells = [f"{row[k]:.0f} ({row[k + '_cpu_ms']:.2f})" for k in
                  ("first_epoch_from_disk", "first_epoch_next_stage", "later_epochs")]
-        print(f"{name:<14} {resolution:>4}    {cells[0]:>22} {cells[1]:>24} {cells[2]:>13}",
-              flush=True)
+        step = (f"   step {row['train_step_batches_per_s']:.0f}/s, pipeline >= "
+                f"{row['slowest_over_step']:.1f}x" if "slowest_over_step" in row else "")
+        print(f"{name:<14} {resolution:>4}    {cells[0]:>22} {cells[1]:>24} {cells[2]:>13}"
+              + step, flush=True)
 
 
 if __name__ == "__main__":
