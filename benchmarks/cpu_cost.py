@@ -10,7 +10,7 @@ p.add_argument("--windows", type=int, default=6)
 p.add_argument("--cpu-devices", type=int, default=1); p.add_argument("--xla-flags", default="")
 a = p.parse_args()
 from progae_jax import bench
-bench.configure_cpu(a.cpu_devices, a.xla_flags)
+bench.configure_cpu(a.cpu_devices, a.xla_flags, malloc=not os.environ.get("NO_MALLOC_TUNING"))
 from progae_jax.config import ModelConfig
 st = bench.prepare_jax_stage(ModelConfig(max_resolution=max(32, a.res)), a.res, a.alpha < 1, a.batch, a.alpha)
 def cpu():

@@ -12,7 +12,7 @@ p.add_argument("--cpu-devices", type=int, default=1); p.add_argument("--top", ty
 a = p.parse_args()
 
 from progae_jax import bench
-bench.configure_cpu(a.cpu_devices)
+bench.configure_cpu(a.cpu_devices, malloc=not os.environ.get("NO_MALLOC_TUNING"))
 import jax
 
 from progae_jax.config import ModelConfig

@@ -1,6 +1,7 @@
 """`progae bench` end to end on a tiny model: 1 step per window, a stand-in for the reference."""
 
 import json
+import subprocess
 import sys
 
 import jax
@@ -54,7 +55,8 @@ def test_main_prints_json_lines_and_a_table(fake_torch, tmp_path, capsys):
   batch = 2 * len(jax.devices())
   code = bench.main(["--resolutions", "8", "--phases", "stable", "--batch", str(batch),
                      "--rounds", "1", "--steps", "1", "--image-channels", "1",
-                     "--vs-torch", fake_torch, "--cpu-devices", "0", "--json", str(out_file)])
+                     "--vs-torch", fake_torch, "--cpu-devices", "0", "--no-malloc-tuning",
+                     "--json", str(out_file)])
   assert code == 0
   out = capsys.readouterr().out
   records = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
@@ -66,6 +68,15 @@ def test_main_prints_json_lines_and_a_table(fake_torch, tmp_path, capsys):
 
 def test_main_rejects_a_missing_reference(capsys):
   code = bench.main(["--resolutions", "8", "--vs-torch", "/nonexistent/torch_ref.py",
-                     "--cpu-devices", "0"])
+                     "--cpu-devices", "0", "--no-malloc-tuning"])
   assert code == 2
   assert "no such file" in capsys.readouterr().err
+
+
+def test_malloc_tuning_is_accepted_by_glibc():
+  # Process-wide and irreversible: checked in a child process, not in the test session.
+  if not sys.platform.startswith("linux"):
+    pytest.skip("glibc only")
+  code = "from progae_jax.bench import tune_malloc; print(tune_malloc())"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert out.stdout.strip() == "True", out.stderr
