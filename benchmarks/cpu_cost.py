@@ -1,4 +1,6 @@
-"""Scratch: CPU-seconds per training step (robust to other processes' load) and wall time.
+"""CPU-seconds per step of the real training step (little disturbed by other processes' load)
+and its best wall time, for a device count and XLA flags (malloc tuned unless
+NO_MALLOC_TUNING=1).
 
     .venv/bin/python benchmarks/cpu_cost.py --res 32 --alpha 0.5 --cpu-devices 2 [--xla-flags ...]
 """

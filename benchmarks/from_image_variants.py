@@ -1,4 +1,5 @@
-"""Scratch: the 1x1 image->features adapter (K = image channels = 3): conv vs einsum vs unrolled sum."""
+"""The 1x1 image -> features adapter (contraction over 3 image channels) as a convolution
+(what nn.Conv does), an einsum, or an unrolled multiply-add: forward and gradient, interleaved."""
 import sys, os
 sys.path.insert(0, os.path.dirname(__file__))
 import jax, jax.numpy as jnp

@@ -1,14 +1,17 @@
 """Per-op time of the real training step at one stage, from a JAX profiler trace (perfetto JSON).
 
     .venv/bin/python benchmarks/profile_step.py --res 32 --alpha 0.5 [--cpu-devices 2]
-Prints the ops that take the most time per step (summed over threads and devices).
+Prints the ops that take the most time per step (summed over threads and devices), with the
+shapes from the compiled HLO, and the total per kind of op. Same set-up as `progae bench`
+(malloc tuned unless NO_MALLOC_TUNING=1).
 """
 import argparse, collections, glob, gzip, json, os, tempfile, time
 
 p = argparse.ArgumentParser()
 p.add_argument("--res", type=int, default=32); p.add_argument("--batch", type=int, default=64)
 p.add_argument("--alpha", type=float, default=0.5); p.add_argument("--steps", type=int, default=5)
-p.add_argument("--cpu-devices", type=int, default=1); p.add_argument("--top", type=int, default=30)
+p.add_argument("--cpu-devices", type=int, default=2); p.add_argument("--top", type=int, default=30)
+p.add_argument("--dump-hlo", metavar="PATH", help="also write the compiled step's HLO text here")
 a = p.parse_args()
 
 from progae_jax import bench
@@ -20,6 +23,8 @@ stage = bench.prepare_jax_stage(ModelConfig(max_resolution=max(32, a.res)), a.re
                                 a.batch, a.alpha)
 stage.run(3)
 hlo = stage.hlo_text() if stage.hlo_text else ""
+if a.dump_hlo:
+  open(a.dump_hlo, "w").write(hlo)
 # name -> a short description: the fusion's line in the entry computation (op, shapes).
 desc = {}
 for line in hlo.splitlines():

@@ -12,14 +12,18 @@ reference script runs as a subprocess for the same resolution, batch, alpha, ima
 channel widths and latent width, alternating with this process's own windows (so both see
 the same load on a shared machine), and the ratio is JAX / PyTorch, median over median.
 
-Output: one JSON line per stage (`"kind": "stage"`), one `"kind": "summary"` line, and a
-readable table. `--json PATH` writes the JSON lines to a file as well.
+Output: JSON lines (`"kind"`: one "meta" with versions, devices and settings, one "stage" per
+stage as it finishes, one "summary"), then a readable table. `--json PATH` writes the JSON
+lines to a file as well. Each stage records `others_cpu_share`, the share of the CPU other
+processes used while it was timed: above 0.1 the table warns that the numbers are noisy.
 
-On the CPU the training step runs data-parallel over `--cpu-devices` host devices (default: one
-per core). XLA:CPU runs each convolution on one core, so one device per core is what puts every
-core to work (benchmarks/training_speed.md has the measurements). Devices and `--xla-flags`
-must be set before JAX starts its backend: `main` does that first thing; `run_bench` called
-from a process whose backend is already up runs with the devices it finds.
+On the CPU the process is set up the way XLA:CPU trains fastest (benchmarks/training_speed.md
+has the measurements): the step runs data-parallel over `--cpu-devices` host devices (default:
+one per core; XLA:CPU runs each convolution on one core), and glibc's malloc is told to keep
+freed memory (`tune_malloc`; otherwise every step page-faults XLA's buffers back in). Both
+must happen before JAX starts its backend: `main` does that first thing (`configure_cpu`);
+`run_bench` called from a process whose backend is already up runs with what it finds.
+The reference keeps glibc's defaults unless `--torch-malloc-tuning` is given.
 """
 
 from __future__ import annotations
@@ -206,8 +210,40 @@ def torch_command(script: str, model_config, resolution: int, batch: int, alpha:
           "--latent", str(model_config.latent_dim)]
 
 
+class _PeakRss:
+  """Samples a child's peak resident memory (VmHWM) every 50 ms, once it runs `marker`.
+
+  Not the child's rusage: between fork and exec a child shares this process's pages, and
+  ru_maxrss would count them. Linux only; None elsewhere.
+  """
+
+  def __init__(self, pid: int, marker: str):
+    self.peak, self._pid, self._marker = None, pid, marker
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+    self._thread.start()
+
+  def _poll(self):
+    while not self._stop.is_set():
+      try:
+        with open(f"/proc/{self._pid}/cmdline", "rb") as f:
+          if self._marker.encode() in f.read():  # exec'd: its own memory from here on
+            with open(f"/proc/{self._pid}/status") as g:
+              for line in g:
+                if line.startswith("VmHWM:"):
+                  self.peak = max(self.peak or 0, int(line.split()[1]) * 1024)
+      except (OSError, ValueError):
+        pass
+      self._stop.wait(0.05)
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join()
+
+
 def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool = False) -> dict:
-  """Runs the reference once: its JSON line, plus its peak resident memory ("max_rss_bytes").
+  """Runs the reference once: its JSON line, plus its peak resident memory ("max_rss_bytes",
+  sampled; None where it cannot be read).
 
   `same_malloc` gives it the malloc settings of `tune_malloc`, as glibc tunables.
   """
@@ -218,19 +254,17 @@ def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool =
                                                    MALLOC_TUNABLES]))
   proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env)
-  timer = threading.Timer(timeout, proc.kill)
-  timer.start()
+  rss = _PeakRss(proc.pid, command[1] if len(command) > 1 else command[0])
   try:
-    out = proc.stdout.read()
-    proc.stdout.close()
-    # wait4, not wait: it hands back this child's own resource usage (its peak RSS).
-    _, status, usage = os.wait4(proc.pid, 0)
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, _ = proc.communicate()
+    raise RuntimeError(f"the PyTorch reference ran past {timeout:.0f} s: {' '.join(command)}")
   finally:
-    timer.cancel()
-  proc.returncode = os.waitstatus_to_exitcode(status)
+    rss.stop()
   if proc.returncode:
-    raise RuntimeError(f"the PyTorch reference failed (exit {proc.returncode}"
-                       f"{', killed after %.0f s' % timeout if proc.returncode < 0 else ''}): "
+    raise RuntimeError(f"the PyTorch reference failed (exit {proc.returncode}): "
                        f"{' '.join(command)}\n{out[-2000:]}")
   lines = [l for l in out.splitlines() if l.lstrip().startswith("{")]
   if not lines:
@@ -238,7 +272,7 @@ def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool =
   record = json.loads(lines[-1])
   if "img_per_s" not in record:
     raise RuntimeError(f"the PyTorch reference's JSON has no img_per_s: {lines[-1]}")
-  record["max_rss_bytes"] = usage.ru_maxrss * 1024  # KiB on Linux.
+  record["max_rss_bytes"] = rss.peak
   return record
 
 
@@ -363,7 +397,7 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
           "devices": stage.devices, "platform": stage.platform,
           "torch_img_per_s": None if torch_ips is None else round(torch_ips, 2),
           "torch_img_per_s_runs": [round(r, 2) for r in torch_rates],
-          "torch_max_rss_bytes": max(torch_rss) if torch_rss else None,
+          "torch_max_rss_bytes": max(filter(None, torch_rss), default=None),
           "ratio": None if not torch_ips else round(jax_ips / torch_ips, 3),
           "others_cpu_share": others.fraction,
       }
@@ -518,6 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       json_file.close()
   print()
   print(format_table(records))
+  if args.vs_torch and malloc and not args.torch_malloc_tuning:
+    print("note: this process runs with tuned malloc (--no-malloc-tuning turns it off), the "
+          "reference with glibc's defaults (--torch-malloc-tuning gives it the same settings, "
+          "which speed PyTorch up as well)")
   return 0
 
 
