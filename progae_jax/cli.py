@@ -123,17 +123,14 @@ def build_config(args) -> "TrainConfig":
         fields.update(json.load(f))
     except (OSError, json.JSONDecodeError) as e:
       raise ValueError(f"--config {args.config}: {e}") from None
-  flag_map = {"dataset": "dataset", "data_dir": "data_dir", "max_resolution": "max_resolution",
-              "batch_size": "batch_size", "fade_images": "fade_images",
-              "stable_images": "stable_images", "learning_rate": "learning_rate",
-              "seed": "seed", "optimizer_on_growth": "optimizer_on_growth",
-              "alpha_ramp": "alpha_ramp", "ema_decay": "ema_decay",
-              "eval_every_images": "eval_every_images",
-              "checkpoint_every_images": "checkpoint_every_images",
-              "keep_checkpoints": "keep_checkpoints", "compute_dtype": "compute_dtype"}
+  # Flags named like the TrainConfig (or StageSchedule) field they set.
+  flag_fields = ("dataset", "data_dir", "max_resolution", "batch_size", "fade_images",
+                 "stable_images", "learning_rate", "seed", "optimizer_on_growth", "alpha_ramp",
+                 "ema_decay", "eval_every_images", "checkpoint_every_images",
+                 "keep_checkpoints", "compute_dtype")
   stage_keys = ("batch_size", "fade_images", "stable_images", "learning_rate")
-  for flag, field in flag_map.items():
-    value = getattr(args, flag, None)
+  for field in flag_fields:
+    value = getattr(args, field, None)
     if value is None:
       continue
     fields[field] = value
