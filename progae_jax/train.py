@@ -334,12 +334,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
                                       count=config.eval_images, data_dir=config.data_dir,
                                       **config.dataset_options)
 
-      def evaluate(alpha: float) -> dict:
-        result = _evaluate(eval_step, state, held_out, alpha, mesh)
+      def evaluate(alpha: float) -> tuple[dict, np.ndarray]:
+        result, recon = _evaluate(eval_step, state, held_out, alpha, mesh)
         result.update(kind="eval", images_seen=images_seen, resolution=phase.resolution,
                       phase="fade" if phase.fading else "stable", alpha=alpha)
         metrics_log.write(result)
-        return result
+        return result, recon
 
       pending, phase_t0, window_t0, window_images = [], time.perf_counter(), time.perf_counter(), 0
       last_train = None
@@ -368,7 +368,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
           bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last_train['loss']:.4f} "
                               f"psnr={last_train['psnr']:.1f}dB")
         if not at_end and crossed(config.eval_every_images):
-          last_eval = evaluate(alpha)
+          last_eval, _ = evaluate(alpha)
         if not at_end and (crossed(config.checkpoint_every_images) or stopping):
           ckpt.save(images_seen, state, _metadata(config, state, phase), iterator)
         if stopping and not at_end:
@@ -380,11 +380,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
           return RunResult(images_seen, last_eval, pictures, None, summary, state)
 
       # End of the phase: evaluate at its final alpha, save pictures, checkpoint.
-      last_eval = evaluate(1.0)
-      # Every process joins the (collective) computation; only process 0 writes the file.
-      picture = _save_grid(plots, workdir, eval_step, state, held_out, phase, mesh)
+      last_eval, recon = evaluate(1.0)
       if main:
-        pictures.append(picture)
+        pictures.append(_save_grid(plots, workdir, held_out, recon, phase))
       ckpt.save(images_seen, state, _metadata(config, state, phase), iterator,
                 psnr=last_eval["psnr"])
       summary.append({"phase": phase.name, "images": phase.end - phase.start,
@@ -438,28 +436,26 @@ def _local_rows(images: np.ndarray) -> np.ndarray:
   return images[i * per:(i + 1) * per]
 
 
-def _evaluate(eval_step, state, images: np.ndarray, alpha: float, mesh) -> dict:
+def _gather(tree, mesh):
+  """Sharded arrays, whole on every process's host (a collective: every process calls it)."""
+  return jax.device_get(jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))(tree))
+
+
+def _evaluate(eval_step, state, images: np.ndarray, alpha: float, mesh):
+  """Held-out metrics (means over the images) and the reconstructions of those images."""
   usable = len(images) - len(images) % (mesh.devices.size * jax.process_count())
   batch = parallel.global_batch(_local_rows(images[:usable]), mesh)
-  per_image, _ = eval_step(_eval_params(state), batch, np.float32(alpha))
-  # Means over the global batch, computed on the devices and then read (replicated) scalars.
-  return {k: float(jax.jit(jnp.mean, out_shardings=parallel.replicated(mesh))(v))
-          for k, v in per_image.items()}
+  per_image, recon = _gather(eval_step(_eval_params(state), batch, np.float32(alpha)), mesh)
+  return {k: float(np.mean(v)) for k, v in per_image.items()}, recon
 
 
-def _save_grid(plots, workdir, eval_step, state, images, phase, mesh, count: int = 16) -> str:
-  n = mesh.devices.size * jax.process_count()
-  count = max(n, count - count % n)
-  batch = parallel.global_batch(_local_rows(images[:count]), mesh)
-  _, recon = eval_step(_eval_params(state), batch, np.float32(1.0))
-  recon = np.asarray(jax.device_get(jax.jit(lambda x: x, out_shardings=parallel.replicated(
-      mesh))(recon)))
-  if not parallel.is_main_process():
-    return None
+def _save_grid(plots, workdir, images, recon, phase, count: int = 16) -> str:
+  """The first held-out images above their reconstructions, from the phase's last evaluation."""
+  count = min(count, len(recon))
   name = f"recon_{phase.index:02d}_{phase.resolution}x{phase.resolution}_" \
          f"{'fade' if phase.fading else 'stable'}.png"
   return plots.save_reconstructions(os.path.join(workdir, "pictures", name), images[:count],
-                                    recon, title=f"{phase.name}, held-out images")
+                                    recon[:count], title=f"{phase.name}, held-out images")
 
 
 def _print_summary(summary, last_eval, pictures, curves) -> None:
