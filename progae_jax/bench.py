@@ -39,78 +39,12 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from progae_jax.cpu import (MALLOC_TUNABLES, backend_started, configure_cpu,  # noqa: F401
+                            tune_malloc)
+
 DEFAULT_RESOLUTIONS = (8, 16, 32)
 PHASES = ("fade", "stable")
 BUSY_WARNING = 0.1  # Others' share of the CPU above which the table carries a warning.
-
-
-# ---------------------------------------------------------------------------------------------
-# Process set-up (before JAX's backend exists)
-
-
-def backend_started() -> bool:
-  from jax._src import xla_bridge
-  return xla_bridge.backends_are_initialized()
-
-
-# glibc's malloc settings that keep XLA:CPU's per-step buffers mapped (see tune_malloc).
-MALLOC_TUNING = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 1 << 30), "M_ARENA_MAX": (-8, 1)}
-# The same for a child process, as glibc tunables (read when the child starts).
-MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824:"
-                   "glibc.malloc.arena_max=1")
-
-
-def tune_malloc() -> bool:
-  """Makes glibc's malloc keep freed memory instead of unmapping it (Linux/glibc only).
-
-  Every step, XLA:CPU allocates each device's temporary buffer afresh (about 100 MB at 32x32,
-  batch 32 per device) with posix_memalign. glibc serves blocks that large with mmap and
-  returns them with munmap, so each step page-faults its whole working set back in: 47,000
-  minor faults and 80 ms of kernel time per 32x32 step here (a sixth of the step's CPU time).
-  With mmap off, a high trim threshold and one arena (a thread arena cannot hold a block over
-  64 MB, and glibc mmaps those even with mmap off), the buffers are reused from the heap:
-  no faults. The cost: the process keeps its peak heap until it exits. Process-wide and
-  irreversible, so only programs that own their process (the CLI) should call it.
-  Returns whether all settings were accepted.
-  """
-  import ctypes
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-  return all(mallopt(param, value) == 1 for param, value in MALLOC_TUNING.values())
-
-
-def configure_cpu(cpu_devices: int | None, xla_flags: str = "", *,
-                  malloc: bool = False) -> list[str]:
-  """Asks for `cpu_devices` host devices, appends `xla_flags` to XLA_FLAGS and, with
-  `malloc`, tunes glibc's malloc for XLA:CPU (`tune_malloc`).
-
-  Devices and flags only take effect before JAX's backend starts; returns warnings (empty
-  when all was applied).
-  """
-  warnings = []
-  if malloc and not tune_malloc():
-    warnings.append("could not tune malloc (not glibc?): XLA:CPU will page-fault its "
-                    "buffers in every step")
-  started = backend_started()
-  if xla_flags:
-    if started:
-      warnings.append(f"JAX's backend is already running: --xla-flags {xla_flags!r} ignored")
-    else:
-      os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
-                                                       xla_flags]))
-  if cpu_devices:
-    import jax
-    if started:
-      have = len(jax.devices("cpu"))
-      if have != cpu_devices:
-        warnings.append(f"JAX's backend is already running with {have} CPU device(s): "
-                        f"--cpu-devices {cpu_devices} ignored")
-    else:
-      jax.config.update("jax_num_cpu_devices", cpu_devices)
-  return warnings
 
 
 # ---------------------------------------------------------------------------------------------

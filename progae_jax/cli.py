@@ -86,8 +86,9 @@ def _train_parser(sub) -> None:
                  help="images per stable phase, every stage")
   p.add_argument("--learning-rate", type=_rate, help="Adam's learning rate, every stage")
   p.add_argument("--seed", type=int)
-  p.add_argument("--optimizer-on-growth", choices=("carry", "reset"),
-                 help="carry Adam's moments of kept weights at growth (default), or reset all")
+  p.add_argument("--optimizer-on-growth", choices=("carry", "reset", "reset_twice"),
+                 help="carry Adam's moments of kept weights at growth (default), reset all, "
+                      "or reset at growth and again at the fade's end (ProGAN)")
   p.add_argument("--alpha-ramp", choices=("linear", "smooth"))
   p.add_argument("--ema-decay", type=_rate, help="EMA of the weights used for evaluation")
   p.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
@@ -100,6 +101,11 @@ def _train_parser(sub) -> None:
   p.add_argument("--stop-after-images", type=_positive_int,
                  help="save and stop once this many images are seen (resume later)")
   p.add_argument("--num-devices", type=_positive_int, help="use only this many local devices")
+  p.add_argument("--cpu-devices", type=_non_negative_int,
+                 help="on the CPU: host devices to split each batch over (default: one per "
+                      "core, as many as divide every batch size; 0: JAX's default of one)")
+  p.add_argument("--no-malloc-tuning", action="store_true",
+                 help="on the CPU: keep glibc's malloc defaults (see progae_jax/cpu.py)")
   p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: jax.distributed "
                  "coordinator (or JAX_COORDINATOR_ADDRESS)")
   p.add_argument("--num-processes", type=_positive_int)
@@ -154,11 +160,28 @@ def build_config(args) -> "TrainConfig":
                      dataset_options=options, **fields)
 
 
+def _set_up_cpu(args, config) -> None:
+  """One CPU device per core and tuned malloc, if this process is still ours to set up: not
+  when JAX already runs (train called in-process) or the environment chose a device count."""
+  from progae_jax import cpu, train
+  if cpu.backend_started():
+    if args.cpu_devices is not None:
+      print("progae train: warning: JAX is already running, --cpu-devices ignored",
+            file=sys.stderr)
+    return
+  devices = args.cpu_devices
+  if devices is None and not cpu.device_count_requested():
+    devices = cpu.devices_for(p.batch_size for p in train.phases(config))
+  for warning in cpu.configure_cpu(devices or None, malloc=not args.no_malloc_tuning):
+    print(f"progae train: warning: {warning}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
   from progae_jax import parallel, train
 
-  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   config = build_config(args)
+  _set_up_cpu(args, config)
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   workdir = args.workdir or os.path.join("runs", args.preset if args.dataset is None
                                          else config.dataset)
   mesh = parallel.make_mesh(args.num_devices)

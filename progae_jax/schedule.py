@@ -19,10 +19,15 @@ from typing import Any, Literal, Mapping
 from progae_jax.config import MIN_RESOLUTION, ModelConfig
 
 
+# What `optimizer_on_growth` may be (see TrainConfig).
+OPTIMIZER_POLICIES = ("carry", "reset", "reset_twice")
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSchedule:
   """How one resolution is trained."""
-  # Images over which alpha ramps from 0 to 1 after growing to this resolution (not used at 4x4).
+  # Images over which alpha ramps from 0 to 1 after growing to this resolution (not used at
+  # 4x4). 0: no fade, the new resolution's path takes over at once.
   fade_images: int = 20_000
   # Images trained at alpha = 1 once the fade is finished.
   stable_images: int = 20_000
@@ -57,8 +62,9 @@ class TrainConfig:
   stages: Mapping[int, StageSchedule] = dataclasses.field(default_factory=dict)
   # The schedule of every resolution without an entry in `stages`.
   default_stage: StageSchedule = dataclasses.field(default_factory=StageSchedule)
-  # What happens to Adam's moments at growth: 'carry' kept leaves' moments, or 'reset' all.
-  optimizer_on_growth: Literal["carry", "reset"] = "carry"
+  # What happens to Adam's moments at growth: 'carry' kept leaves' moments, 'reset' all, or
+  # 'reset_twice' (ProGAN's): reset at growth and again when the fade ends.
+  optimizer_on_growth: Literal["carry", "reset", "reset_twice"] = "carry"
   # Alpha's ramp over a fade: 'linear', or 'smooth' (smoothstep: gentle at both ends).
   alpha_ramp: Literal["linear", "smooth"] = "linear"
   # Decay of the parameters' exponential moving average (None: no EMA). Evaluation uses it.
@@ -89,9 +95,9 @@ class TrainConfig:
                        f"the model {self.model.resolutions}")
     object.__setattr__(self, "stages", stages)
     object.__setattr__(self, "dataset_options", dict(self.dataset_options))
-    if self.optimizer_on_growth not in ("carry", "reset"):
+    if self.optimizer_on_growth not in OPTIMIZER_POLICIES:
       raise ValueError(f"TrainConfig.optimizer_on_growth={self.optimizer_on_growth!r} is "
-                       "invalid: must be 'carry' or 'reset'")
+                       f"invalid: must be one of {', '.join(OPTIMIZER_POLICIES)}")
     if self.alpha_ramp not in ("linear", "smooth"):
       raise ValueError(f"TrainConfig.alpha_ramp={self.alpha_ramp!r} is invalid: must be "
                        "'linear' or 'smooth'")
@@ -161,9 +167,7 @@ def phases(config: TrainConfig) -> list[Phase]:
       if fading and r == MIN_RESOLUTION:
         continue  # Nothing to fade in at the first stage.
       steps = math.ceil(images / s.batch_size)
-      if steps == 0:
-        if fading:
-          raise ValueError(f"the {r}x{r} fade has 0 images: a fade needs at least one step")
+      if steps == 0:  # No fade: growth and the fade's end happen back to back.
         continue
       out.append(Phase(len(out), r, fading, start, steps, s.batch_size, s.learning_rate))
       start = out[-1].end

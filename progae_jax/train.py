@@ -13,6 +13,7 @@ all follow from it (schedule.py), and it is saved in every checkpoint's metadata
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -31,7 +32,7 @@ from progae_jax import parallel
 from progae_jax.config import MIN_RESOLUTION, ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state
 from progae_jax.model import Stage, apply, init_params, stage_of
-from progae_jax.ops import fade_target
+from progae_jax.ops import downsample, fade_target, upsample
 from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
 
 State = dict[str, Any]
@@ -89,10 +90,11 @@ def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> 
     rng = _rng_for(state, stage.resolution * 2)
     change = lambda p: grow(p, model, rng)
   new = dict(state, params=change(state["params"]))
-  # The optimizer state follows the parameters; `reset` applies to growth, not to the
-  # removal of adapters at the end of a fade (which has no new leaves anyway).
+  # The optimizer state follows the parameters. `reset` empties Adam's moments at growth
+  # only; `reset_twice` (ProGAN's choice) also when the fade ends and the adapters go.
+  reset = policy == "reset_twice" or (policy == "reset" and not stage.fading)
   new["opt_state"] = grow_opt_state(state["opt_state"], optimizer, new["params"],
-                                    policy=policy if not stage.fading else "carry")
+                                    policy="reset" if reset else "carry")
   if "ema" in state:
     new["ema"] = change(state["ema"])
   return new
@@ -174,17 +176,34 @@ def ssim_filter_size(resolution: int) -> int:
   return min(11, resolution - 1 if resolution % 2 == 0 else resolution)
 
 
-def _eval_step(params, images, alpha, *, model: ModelConfig, compute_dtype):
-  """Per-image MSE, PSNR and SSIM of the reconstructions against the faded target."""
+def _eval_step(params, full, alpha, *, model: ModelConfig, compute_dtype):
+  """Per-image metrics of the reconstructions of `full`, images at the final resolution.
+
+  The model sees `full` shrunk to its stage. MSE, PSNR and SSIM are measured at the stage,
+  against the faded target (what the stage is trained to output). `psnr_full` and
+  `ssim_full` enlarge the reconstruction back to the final resolution (nearest neighbour)
+  and compare it with `full` itself: how well the model reconstructs final-size images right
+  now, which is comparable across stages and with a model trained at the final size only.
+  """
+  images = full
+  while images.shape[1] > stage_of(params).resolution:
+    images = downsample(images)
   target = fade_target(images, alpha)
   recon = jnp.clip(apply(model, params, images, alpha, dtype=compute_dtype)[0], 0.0, 1.0)
   mse = jnp.mean((recon - target) ** 2, axis=(1, 2, 3))
   ssim = dm_pix.ssim(recon, target, filter_size=ssim_filter_size(images.shape[1]))
-  return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim}, recon
+  enlarged = recon
+  while enlarged.shape[1] < full.shape[1]:
+    enlarged = upsample(enlarged)
+  mse_full = jnp.mean((enlarged - full) ** 2, axis=(1, 2, 3))
+  ssim_full = dm_pix.ssim(enlarged, full, filter_size=ssim_filter_size(full.shape[1]))
+  return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim,
+          "psnr_full": psnr_from_mse(mse_full), "ssim_full": ssim_full}, recon
 
 
 def make_eval_step(config: TrainConfig, mesh) -> Callable:
-  """`eval_step(params, images, alpha) -> (per-image metrics, reconstructions)`, jitted."""
+  """`eval_step(params, images, alpha) -> (per-image metrics, reconstructions)`, jitted;
+  `images` at the final resolution (or at the stage's own, where `*_full` equals the rest)."""
   step = functools.partial(_eval_step, model=config.model,
                            compute_dtype=jnp.dtype(config.compute_dtype))
   rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
@@ -236,10 +255,34 @@ class _Metrics:
         f.write(json.dumps(record) + "\n")
 
 
-def _metadata(config: TrainConfig, state: State, phase: Phase) -> dict:
+def _metadata(config: TrainConfig, state: State, phase: Phase, clock: "_TrainClock") -> dict:
   stage = stage_of(state["params"])
   return {"resolution": stage.resolution, "phase": stage.phase, "phase_index": phase.index,
-          "config": config.to_dict()}
+          "train_seconds": clock.seconds(), "config": config.to_dict()}
+
+
+class _TrainClock:
+  """Seconds spent training: steps, compiles and growth, not evaluations or checkpoints.
+
+  This is the time axis on which runs with different schedules (a progressive run and one
+  trained at the final size only) are compared; it continues across a resume.
+  """
+
+  def __init__(self, seconds: float = 0.0):
+    self._before, self._since = seconds, time.perf_counter()
+
+  def seconds(self) -> float:
+    return self._before + (0.0 if self._since is None else time.perf_counter() - self._since)
+
+  @contextlib.contextmanager
+  def paused(self, state: State):
+    """Stops the clock once the queued steps on `state` are done, restarts it after."""
+    jax.block_until_ready(state)
+    self._before, self._since = self.seconds(), None
+    try:
+      yield
+    finally:
+      self._since = time.perf_counter()
 
 
 def _check_finite(records: list[dict], stage: Stage) -> None:
@@ -287,13 +330,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
                      f"{config.model.max_resolution}")
   os.makedirs(workdir, exist_ok=True)
   main = parallel.is_main_process()
+  if main and progress:
+    print(f"training on {mesh.devices.size} {jax.devices()[0].platform.upper()} device(s) "
+          f"x {jax.process_count()} process(es); each batch is split over them")
   optimizer = make_optimizer(plan[0].learning_rate)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   if restart and ckpt.steps() and main:
     print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
           f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
           "and the pictures are overwritten as phases end")
-  images_seen, data_state, data_phase = 0, None, None
+  images_seen, data_state, data_phase, restored_seconds = 0, None, None, 0.0
   if ckpt.steps() and not restart:
     meta = ckpt.read_meta()
     diffs = ckpt_lib.config_differences(meta["config"], config.to_dict())
@@ -305,6 +351,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
     restored = ckpt.restore(None, abstract_state(config, stage, optimizer, mesh))
     state, images_seen = restored.state, restored.meta["images_seen"]
     data_state, data_phase = restored.data_state, restored.meta["phase_index"]
+    restored_seconds = restored.meta.get("train_seconds", 0.0)
     if main:
       print(f"resuming {workdir} at {images_seen:,} images ({stage})")
   else:
@@ -315,6 +362,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   metrics_log = _Metrics(workdir, images_seen if images_seen else None)
   train_step = make_train_step(config, optimizer, mesh)
   eval_step = make_eval_step(config, mesh)
+  held_out_full = data_lib.eval_images(config.dataset, resolution=config.model.max_resolution,
+                                       count=config.eval_images, data_dir=config.data_dir,
+                                       **config.dataset_options)
+  clock = _TrainClock(restored_seconds)
   total = plan[-1].end
   bar = _progress_bar(total, images_seen, enabled=main and progress)
   pictures, summary, last_eval = [], [], None
@@ -330,14 +381,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
       if data_state is not None and data_phase == phase.index and images_seen > phase.start:
         iterator.set_state(ckpt_lib.decode_iterator_state(data_state, iterator))
       data_state = None
-      held_out = data_lib.eval_images(config.dataset, resolution=phase.resolution,
-                                      count=config.eval_images, data_dir=config.data_dir,
-                                      **config.dataset_options)
+      held_out = held_out_full
+      while held_out.shape[1] > phase.resolution:
+        held_out = downsample(held_out)
 
       def evaluate(alpha: float) -> tuple[dict, np.ndarray]:
-        result, recon = _evaluate(eval_step, state, held_out, alpha, mesh)
+        with clock.paused(state):
+          result, recon = _evaluate(eval_step, state, held_out_full, alpha, mesh)
         result.update(kind="eval", images_seen=images_seen, resolution=phase.resolution,
-                      phase="fade" if phase.fading else "stable", alpha=alpha)
+                      phase="fade" if phase.fading else "stable", alpha=alpha,
+                      train_seconds=clock.seconds())
         metrics_log.write(result)
         return result, recon
 
@@ -364,13 +417,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
           last_train = records[-1]
           for r in records[:-1]:
             metrics_log.write(r)
+          records[-1]["train_seconds"] = clock.seconds()
           metrics_log.write(dict(records[-1], images_per_s=rate))
           bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last_train['loss']:.4f} "
                               f"psnr={last_train['psnr']:.1f}dB")
         if not at_end and crossed(config.eval_every_images):
           last_eval, _ = evaluate(alpha)
         if not at_end and (crossed(config.checkpoint_every_images) or stopping):
-          ckpt.save(images_seen, state, _metadata(config, state, phase), iterator)
+          with clock.paused(state):
+            ckpt.save(images_seen, state, _metadata(config, state, phase, clock), iterator)
         if stopping and not at_end:
           bar.close()
           ckpt.close()
@@ -383,8 +438,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
       last_eval, recon = evaluate(1.0)
       if main:
         pictures.append(_save_grid(plots, workdir, held_out, recon, phase))
-      ckpt.save(images_seen, state, _metadata(config, state, phase), iterator,
-                psnr=last_eval["psnr"])
+      with clock.paused(state):
+        ckpt.save(images_seen, state, _metadata(config, state, phase, clock), iterator,
+                  psnr=last_eval["psnr"])
       summary.append({"phase": phase.name, "images": phase.end - phase.start,
                       "train_loss": last_train["loss"] if last_train else float("nan"),
                       "eval_psnr": last_eval["psnr"], "eval_ssim": last_eval["ssim"],

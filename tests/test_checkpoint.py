@@ -128,7 +128,8 @@ def _records(workdir):
   """metrics.jsonl without the wall-clock speed: what must repeat exactly."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
+  return [{k: v for k, v in r.items() if k not in ("images_per_s", "train_seconds")}
+          for r in rows]
 
 
 def _read(path):

@@ -56,6 +56,7 @@ def test_bad_stage_schedules(kw):
     StageSchedule(**kw)
 
 
-def test_a_fade_without_images_is_refused():
-  with pytest.raises(ValueError, match="8x8 fade has 0 images"):
-    phases(_config(stages={8: {"fade_images": 0}}))
+def test_a_fade_without_images_means_growing_without_a_fade():
+  plan = phases(_config(stages={8: {"fade_images": 0}}))
+  assert [p.name for p in plan if p.resolution == 8] == ["8x8 stable"]
+  assert [p.name for p in plan if p.resolution == 16] == ["16x16 fade", "16x16 stable"]

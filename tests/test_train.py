@@ -137,6 +137,24 @@ def test_train_step_compiles_once_per_phase_and_never_during_a_fade(run):
     assert counts[1] == counts[-1], (phase, counts)
 
 
+def test_evaluation_measures_every_stage_at_the_final_resolution_too(run):
+  _, workdir, _, _, _ = run
+  evals = _records(workdir, "eval")
+  four, *_, last = evals
+  # The 4x4 stage enlarged to 8x8 cannot match the 8x8 originals as well as it matches its
+  # own 4x4 target; at the final stable stage the two measurements are the same thing.
+  assert four["resolution"] == 4 and four["psnr_full"] < four["psnr"]
+  assert last["psnr_full"] == pytest.approx(last["psnr"], abs=1e-4)
+  assert last["ssim_full"] == pytest.approx(last["ssim"], abs=1e-5)
+
+
+def test_train_seconds_grow_and_leave_out_evaluation(run):
+  _, workdir, _, _, _ = run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    times = [r["train_seconds"] for r in map(json.loads, f) if "train_seconds" in r]
+  assert len(times) > 6 and times == sorted(times) and times[0] > 0
+
+
 def test_metrics_pictures_and_curves_are_written(run):
   _, workdir, result, _, _ = run
   assert len(_records(workdir, "eval")) == 3
@@ -184,3 +202,30 @@ def test_reset_policy_zeroes_adam_moments_at_growth(data_dir):
                              train.init_state(_config(data_dir), opt, mesh)),
       _config(data_dir), opt, mesh)
   assert np.all(carried["opt_state"].inner_state[0].mu["encoder"]["block_4"]["conv1"]["bias"] == 1)
+
+
+def _bumped(state):
+  return jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x, state)
+
+
+@pytest.mark.parametrize("policy, reset_at_fade_end", [("reset", False), ("reset_twice", True),
+                                                       ("carry", False)])
+def test_the_fade_end_resets_adam_only_with_reset_twice(data_dir, policy, reset_at_fade_end):
+  config = _config(data_dir, optimizer_on_growth=policy)
+  mesh, opt = train.parallel.make_mesh(), train.make_optimizer()
+  fading = train.advance_state(train.init_state(config, opt, mesh), config, opt, mesh)
+  stable = train.advance_state(_bumped(fading), config, opt, mesh)
+  assert str(stage_of(stable["params"])) == "8x8 stable"
+  mu = jax.tree_util.tree_leaves(stable["opt_state"].inner_state[0].mu)
+  assert all(not np.any(x) for x in mu) if reset_at_fade_end else all(np.all(x == 1) for x in mu)
+
+
+def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
+  config = _config(data_dir, default_stage=StageSchedule(fade_images=0, stable_images=128,
+                                                         batch_size=32, learning_rate=3e-3))
+  result = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert [p.name for p in phases(config)] == ["4x4 stable", "8x8 stable"]
+  assert str(stage_of(result.state["params"])) == "8x8 stable"
+  assert "from_image_4" not in result.state["params"]["encoder"]
+  evals = _records(str(tmp_path), "eval")
+  assert [(r["resolution"], r["phase"]) for r in evals] == [(4, "stable"), (8, "stable")]
