@@ -1,0 +1,188 @@
+"""What the measured experiments share: running one configuration over seeds, reading its
+metrics back, the loss jump at growth, mean and spread, and writing results.
+
+Every experiment script takes `--quick` (a few hundred images of the digits, for the test
+suite: checks that the script works, says nothing about the question) or runs its full
+setting (for the README), and writes `<out>/result.json` and `<out>/<name>.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Iterable, Sequence
+
+from progae_jax import ModelConfig, train
+from progae_jax.schedule import StageSchedule, TrainConfig
+
+# The quick mode's model: small enough that a run compiles and trains in seconds.
+TINY = ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8}, latent_dim=8)
+
+
+def parser(doc: str, name: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=doc.splitlines()[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="\n".join(doc.splitlines()[1:]))
+  p.add_argument("--quick", action="store_true",
+                 help="tiny runs on the digits (a smoke test of the script, not a result)")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+  p.add_argument("--out", default=os.path.join("experiments", "results", name),
+                 help="where result.json and the plot go")
+  p.add_argument("--workdir", default=os.path.join("runs", "experiments", name),
+                 help="the runs' work directories (checkpoints, metrics)")
+  p.add_argument("--data-dir", help="tfds data directory (default: tfds's own)")
+  return p
+
+
+def schedule(stable_4: int, fade: int, stable: int, *, batch: int = 64,
+             resolutions: Sequence[int] = (8, 16, 32), lr_4: float = 1e-3,
+             lr: float = 3e-4, last_stable: int | None = None) -> dict[int, StageSchedule]:
+  """Per-resolution schedules: `stable_4` images at 4x4, then `fade` + `stable` per growth
+  (`last_stable` for the final resolution)."""
+  stages = {4: StageSchedule(fade_images=0, stable_images=stable_4, batch_size=batch,
+                             learning_rate=lr_4)}
+  for r in resolutions:
+    final = r == resolutions[-1] and last_stable is not None
+    stages[r] = StageSchedule(fade_images=fade, stable_images=last_stable if final else stable,
+                              batch_size=batch, learning_rate=lr)
+  return stages
+
+
+def config(model: ModelConfig, dataset: str, stages, data_dir, **kw) -> TrainConfig:
+  """A TrainConfig for measuring: no EMA (evaluation sees the trained weights) and no
+  checkpoints beyond the ones every phase end writes."""
+  kw = {"ema_decay": None, "eval_images": 256, "checkpoint_every_images": 10**9,
+        "keep_checkpoints": 1, **kw}
+  return TrainConfig(model=model, dataset=dataset, data_dir=data_dir, stages=stages, **kw)
+
+
+@dataclasses.dataclass
+class Run:
+  """One finished run: its config and the metrics.jsonl it wrote."""
+  label: str
+  seed: int
+  config: TrainConfig
+  train: list[dict]
+  evals: list[dict]
+  wall_seconds: float
+
+  @property
+  def final(self) -> dict:
+    return self.evals[-1]
+
+
+def run(cfg: TrainConfig, workdir: str, label: str) -> Run:
+  """Trains `cfg` from scratch in `workdir` and reads back what it logged."""
+  t0 = time.perf_counter()
+  train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
+  wall = time.perf_counter() - t0
+  records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
+  run = Run(label, cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
+            [r for r in records if r["kind"] == "eval"], wall)
+  print(f"  {label:<22} seed {cfg.seed}: held-out PSNR {run.final['psnr_full']:.2f} dB, "
+        f"SSIM {run.final['ssim_full']:.3f} at {cfg.model.max_resolution}x"
+        f"{cfg.model.max_resolution}; {run.final['train_seconds']:.0f} s training "
+        f"({wall:.0f} s wall)", flush=True)
+  return run
+
+
+def over_seeds(variants: dict[str, TrainConfig], seeds: int, workdir: str) -> dict[str, list[Run]]:
+  """Every variant at seeds 0..seeds-1, interleaved (seed-major) so that a change in the
+  machine's load over time hits all variants alike."""
+  runs = {label: [] for label in variants}
+  for seed in range(seeds):
+    for label, cfg in variants.items():
+      cfg = dataclasses.replace(cfg, seed=seed)
+      runs[label].append(run(cfg, os.path.join(workdir, label, f"seed{seed}"), label))
+  return runs
+
+
+def loss_jump(train_records: list[dict], index: int, window: int = 10) -> float:
+  """The largest training loss in the `window` steps from `index` on, over the mean loss of
+  the `window` steps before it: 1 means no jump."""
+  before = [r["loss"] for r in train_records[max(0, index - window):index]]
+  after = [r["loss"] for r in train_records[index:index + window]]
+  return max(after) / statistics.fmean(before)
+
+
+def growth_indices(train_records: list[dict]) -> dict[int, int]:
+  """For every resolution after the first, the index of its first training step."""
+  out = {}
+  for i, r in enumerate(train_records):
+    if i and r["resolution"] != train_records[i - 1]["resolution"]:
+      out[r["resolution"]] = i
+  return out
+
+
+def fade_end_indices(train_records: list[dict]) -> dict[int, int]:
+  """For every fade, the index of the first stable step after it."""
+  return {r["resolution"]: i for i, r in enumerate(train_records)
+          if i and r["phase"] == "stable" and train_records[i - 1]["phase"] == "fade"}
+
+
+def spread(values: Iterable[float]) -> dict:
+  """Mean, sample standard deviation, min, max and the values themselves."""
+  values = [float(v) for v in values]
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+          "min": min(values), "max": max(values), "values": values}
+
+
+def fmt(s: dict, digits: int = 2) -> str:
+  return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def machine() -> dict:
+  import jax
+  return {"platform": jax.devices()[0].platform, "devices": jax.device_count(),
+          "device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+          "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
+
+
+def write(out: str, name: str, result: dict, figure) -> tuple[str, str]:
+  """`<out>/result.json` (with the command and machine) and `<out>/<name>.png`."""
+  os.makedirs(out, exist_ok=True)
+  result = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+            "machine": machine(), **result}
+  json_path, png_path = os.path.join(out, "result.json"), os.path.join(out, f"{name}.png")
+  with open(json_path, "w") as f:
+    json.dump(result, f, indent=1)
+  figure.savefig(png_path, dpi=110, bbox_inches="tight")
+  print(f"wrote {json_path} and {png_path}")
+  return json_path, png_path
+
+
+def set_up_cpu() -> None:
+  """One CPU device per core and tuned malloc, as `progae train` does (before JAX starts)."""
+  from progae_jax import cpu
+  if not cpu.backend_started() and not cpu.device_count_requested():
+    cpu.configure_cpu(cpu.devices_for([64]), malloc=True)
+
+
+def small_setting(quick: bool):
+  """The setting of the growth-detail experiments: (model, dataset, base schedule kwargs).
+
+  Full: image_patches (RGB), 4x4 -> 8x8 -> 16x16, the default model's widths, batch 64,
+  Adam 1e-3 at 4x4 and 3e-4 after (the presets' rates). Quick: the tiny model on digits.
+  """
+  if quick:
+    return TINY, "digits", {"stable_4": 192, "budget": 256, "last_extra": 64, "batch": 32,
+                            "resolutions": (8,), "lr_4": 3e-3, "lr": 1e-3, "every": 10**9}
+  return (ModelConfig(image_channels=3, max_resolution=16), "image_patches",
+          {"stable_4": 6_400, "budget": 12_800, "last_extra": 6_400, "batch": 64,
+           "resolutions": (8, 16), "lr_4": 1e-3, "lr": 3e-4, "every": 10**9})
+
+
+def budget_schedule(fade: int, *, stable_4: int, budget: int, last_extra: int, batch: int,
+                    resolutions, lr_4: float, lr: float, **_) -> dict[int, StageSchedule]:
+  """`fade` images of fade and `budget - fade` stable per growth (plus `last_extra` stable at
+  the end): every fade length trains on the same number of images at every resolution."""
+  stages = schedule(stable_4, fade, budget - fade, batch=batch, resolutions=resolutions,
+                    lr_4=lr_4, lr=lr, last_stable=budget - fade + last_extra)
+  return stages

@@ -1,0 +1,143 @@
+"""Progressive vs direct: does growing from 4x4 reach a given quality sooner?
+
+    python experiments/progressive_vs_direct.py            # full: image_patches, 3 seeds
+    python experiments/progressive_vs_direct.py --quick    # digits, seconds (a smoke test)
+
+Progressive: the main job's schedule (`progae train`), 4x4 -> 8x8 -> 16x16 -> 32x32.
+Direct: the same model, initialised at 32x32 and trained there only, on as many images.
+Both are evaluated on the same held-out images at 32x32 all along (a progressive stage's
+output enlarged to 32x32), against the images seen and the training seconds (steps,
+compiles and growth; evaluation left out). Reported per seed, then mean and spread:
+
+* final PSNR/SSIM of both at equal images;
+* the direct model's PSNR after the progressive run's training time (equal time);
+* the time (and images) the progressive run needs to reach the direct model's final PSNR,
+  and the speed-up: the direct run's time over that time (ProGAN's measure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+
+import _common as c
+
+NAME = "progressive_vs_direct"
+
+
+def variants(quick: bool, data_dir, direct_lr: float) -> dict:
+  if quick:
+    model, dataset, batch = c.TINY, "digits", 32
+    progressive = c.schedule(192, 192, 192, batch=batch, resolutions=(8,), lr_4=3e-3, lr=1e-3)
+    every = 128
+  else:
+    from progae_jax import ModelConfig
+    model, dataset, batch = ModelConfig(image_channels=3, max_resolution=32), "image_patches", 64
+    progressive = c.schedule(12_800, 12_800, 12_800, batch=batch, last_stable=25_600)
+    progressive[16] = dataclasses.replace(progressive[16], stable_images=19_200)
+    every = 6_400
+  total = sum(s.fade_images * (r > 4) + s.stable_images for r, s in progressive.items())
+  top = model.max_resolution
+  direct = {r: dataclasses.replace(s, fade_images=0, stable_images=0)
+            for r, s in progressive.items() if r < top}
+  direct[top] = dataclasses.replace(progressive[top], fade_images=0, stable_images=total,
+                                    learning_rate=direct_lr)
+  return {"progressive": c.config(model, dataset, progressive, data_dir,
+                                  eval_every_images=every),
+          "direct": c.config(model, dataset, direct, data_dir, eval_every_images=every)}
+
+
+def crossing(evals: list[dict], level: float, axis: str) -> float | None:
+  """Where (on `axis`) the PSNR curve first reaches `level`, interpolated; None if never."""
+  xs = [e[axis] for e in evals]
+  ys = [e["psnr_full"] for e in evals]
+  for i, y in enumerate(ys):
+    if y >= level:
+      if i == 0:
+        return xs[0]
+      return float(np.interp(level, [ys[i - 1], y], [xs[i - 1], xs[i]]))
+  return None
+
+
+def at(evals: list[dict], x: float, axis: str) -> float:
+  """The PSNR curve's value at `x` on `axis`, interpolated between evaluations."""
+  return float(np.interp(x, [e[axis] for e in evals], [e["psnr_full"] for e in evals]))
+
+
+def compare(progressive: c.Run, direct: c.Run) -> dict:
+  p, d = progressive.evals, direct.evals
+  p_time, d_time = p[-1]["train_seconds"], d[-1]["train_seconds"]
+  reach_s = crossing(p, d[-1]["psnr_full"], "train_seconds")
+  reach_images = crossing(p, d[-1]["psnr_full"], "images_seen")
+  return {"seed": progressive.seed,
+          "progressive_psnr": p[-1]["psnr_full"], "progressive_ssim": p[-1]["ssim_full"],
+          "direct_psnr": d[-1]["psnr_full"], "direct_ssim": d[-1]["ssim_full"],
+          "progressive_seconds": p_time, "direct_seconds": d_time,
+          "direct_psnr_at_progressive_seconds": at(d, p_time, "train_seconds"),
+          "progressive_seconds_to_direct_final": reach_s,
+          "progressive_images_to_direct_final": reach_images,
+          "speedup": d_time / reach_s if reach_s else None}
+
+
+def plot(runs: dict[str, list[c.Run]]):
+  from progae_jax import plots
+  fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4))
+  colours = {"progressive": "tab:blue", "direct": "tab:orange"}
+  for label, seeded in runs.items():
+    for i, r in enumerate(seeded):
+      for ax, axis in zip(axes, ("images_seen", "train_seconds")):
+        ax.plot([e[axis] for e in r.evals], [e["psnr_full"] for e in r.evals], "o-", ms=3,
+                color=colours[label], alpha=0.8, label=label if i == 0 else None)
+  growths = [r.train[i - 1]["images_seen"] for r in runs["progressive"][:1]
+             for i in c.growth_indices(r.train).values()]
+  for x in growths:
+    axes[0].axvline(x, color="grey", ls=":", lw=1)
+  top = runs["direct"][0].config.model.max_resolution
+  axes[0].set_xlabel("images seen (dotted: growth)")
+  axes[1].set_xlabel("training seconds (evaluation excluded)")
+  for ax in axes:
+    ax.set_ylabel(f"held-out PSNR at {top}x{top} (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(f"Progressive vs direct, {len(runs['direct'])} seeds, "
+               f"{runs['direct'][0].config.dataset}")
+  return fig
+
+
+def main(argv=None) -> int:
+  p = c.parser(__doc__, NAME)
+  p.add_argument("--direct-lr", type=float, default=1e-3,
+                 help="the direct model's Adam learning rate (default 1e-3, the rate the "
+                      "progressive run uses from scratch at 4x4)")
+  args = p.parse_args(argv)
+  c.set_up_cpu()
+  runs = c.over_seeds(variants(args.quick, args.data_dir, args.direct_lr), args.seeds,
+                      args.workdir)
+  per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
+  keys = ("progressive_psnr", "direct_psnr", "progressive_ssim", "direct_ssim",
+          "progressive_seconds", "direct_seconds", "direct_psnr_at_progressive_seconds")
+  summary = {k: c.spread(s[k] for s in per_seed) for k in keys}
+  reached = [s for s in per_seed if s["speedup"] is not None]
+  summary["reached"] = f"{len(reached)} of {len(per_seed)}"
+  if reached:
+    summary["speedup"] = c.spread(s["speedup"] for s in reached)
+    summary["progressive_seconds_to_direct_final"] = c.spread(
+        s["progressive_seconds_to_direct_final"] for s in reached)
+  print(f"final PSNR at equal images: progressive {c.fmt(summary['progressive_psnr'])} dB, "
+        f"direct {c.fmt(summary['direct_psnr'])} dB")
+  print(f"training seconds: progressive {c.fmt(summary['progressive_seconds'], 0)}, direct "
+        f"{c.fmt(summary['direct_seconds'], 0)}; direct's PSNR at the progressive run's time: "
+        f"{c.fmt(summary['direct_psnr_at_progressive_seconds'])} dB")
+  print(f"progressive reached direct's final PSNR in {summary['reached']} seeds" +
+        (f", speed-up {c.fmt(summary['speedup'])}x" if reached else ""))
+  result = {"quick": args.quick, "seeds": args.seeds, "per_seed": per_seed, "summary": summary,
+            "configs": {k: v[0].config.to_dict() for k, v in runs.items()},
+            "curves": {k: [r.evals for r in v] for k, v in runs.items()}}
+  c.write(args.out, NAME, result, plot(runs))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
