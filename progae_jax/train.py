@@ -330,7 +330,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
                      f"{config.model.max_resolution}")
   os.makedirs(workdir, exist_ok=True)
   main = parallel.is_main_process()
-  if main and progress:
+  if main:
     print(f"training on {mesh.devices.size} {jax.devices()[0].platform.upper()} device(s) "
           f"x {jax.process_count()} process(es); each batch is split over them")
   optimizer = make_optimizer(plan[0].learning_rate)

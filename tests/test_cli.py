@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from progae_jax import cli
+from progae_jax import cli, cpu
 
 
 def _parse(argv):
@@ -48,6 +48,7 @@ def test_config_file_sets_per_stage_schedules(data_dir, tmp_path):
     (["--batch-size", "0"], "must be at least 1"),
     (["--learning-rate", "3"], "must be in \\(0, 1\\)"),
     (["--optimizer-on-growth", "keep"], "invalid choice"),
+    (["--cpu-devices", "-1"], "must be at least 0"),
     (["--fade-images", "many"], "not an integer"),
 ])
 def test_bad_options_exit_with_usage_errors(argv, message, capsys):
@@ -76,4 +77,26 @@ def test_python_dash_m_trains_the_seed_case(data_dir, tmp_path):
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "final held-out PSNR" in proc.stdout and "8x8" in proc.stdout
+  # A fresh process gets one CPU device per core, as many as split the batch of 32 evenly.
+  assert f"training on {cpu.devices_for([32])} CPU device(s)" in proc.stdout, proc.stdout
   assert os.path.exists(os.path.join(workdir, "curves.png"))
+
+
+@pytest.mark.parametrize("batches, cores, devices", [([64, 32], 2, 2), ([64], 16, 16),
+                                                     ([48, 24], 16, 12), ([33], 2, 1)])
+def test_cpu_devices_split_every_batch_evenly(batches, cores, devices):
+  assert cpu.devices_for(batches, cores) == devices
+
+
+def test_a_device_count_chosen_by_the_environment_is_left_alone(monkeypatch):
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+  assert not cpu.device_count_requested()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  assert cpu.device_count_requested()
+
+
+def test_reset_twice_is_an_optimizer_policy(data_dir):
+  config = cli.build_config(_parse(["--data-dir", data_dir, "--optimizer-on-growth",
+                                    "reset_twice"]))
+  assert config.optimizer_on_growth == "reset_twice"
