@@ -5,7 +5,7 @@
     python -m progae_jax.bench --resolutions 16 --rounds 5 --json bench.jsonl
 
 For every stage (resolution and phase) it compiles the real training step
-(`progae_jax.train.make_train_step`: MSE against the faded target, Adam, EMA, metrics, state
+(`progae_jax.train.make_train_step`: MSE against the faded target, Adam, metrics, state
 donated) once, then times windows of steps on one fixed random batch: images/s is the
 median over the windows, after warm-up. Data loading is not part of it. With `--vs-torch`, the
 reference script runs as a subprocess for the same resolution, batch, alpha, image channels,
@@ -75,7 +75,8 @@ def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
 
 
 def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, alpha: float,
-                      *, compute_dtype: str = "float32", seed: int = 0) -> JaxStage:
+                      *, compute_dtype: str = "float32", seed: int = 0,
+                      ema_decay: float | None = None, microbatches: int = 1) -> JaxStage:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -83,7 +84,8 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   from progae_jax import parallel, train
   from progae_jax.schedule import TrainConfig
 
-  config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed)
+  config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed,
+                       ema_decay=ema_decay)
   optimizer = train.make_optimizer()
   mesh = parallel.make_mesh()
   parallel.check_batch_size(batch, mesh)
@@ -93,7 +95,7 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   images = jax.device_put(images, parallel.data_sharding(mesh))
   alpha_arr = jax.device_put(jnp.float32(alpha), parallel.replicated(mesh))
 
-  step = train.make_train_step(config, optimizer, mesh)
+  step = train.make_train_step(config, optimizer, mesh, microbatches=microbatches)
   t = time.perf_counter()
   compiled = step.lower(state, images, alpha_arr).compile()
   compile_s = time.perf_counter() - t
@@ -264,6 +266,7 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
               window_s: float = 2.0, steps: int | None = None, vs_torch: str | None = None,
               torch_python: str | None = None, model_config=None, image_channels: int = 3,
               compute_dtype: str = "float32", torch_malloc_tuning: bool = False,
+              ema_decay: float | None = None, microbatches: int = 1,
               emit: Callable[[dict], None] | None = None) -> list[dict]:
   """Times every (resolution, phase); returns (and emits, one by one) a record per stage.
 
@@ -296,7 +299,8 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
         continue  # 4x4 has nothing to fade from.
       a = alpha if fading else 1.0
       stage = prepare_jax_stage(model_config, resolution, fading, batch, a,
-                                compute_dtype=compute_dtype)
+                                compute_dtype=compute_dtype, ema_decay=ema_decay,
+                                microbatches=microbatches)
       n = steps
       if n is None:
         per_step = stage.run(2) / 2
@@ -408,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--alpha", type=float, default=0.5, help="alpha of the fade phases (0.5)")
   p.add_argument("--image-channels", type=int, default=3, help="1 grey, 3 RGB (default: 3)")
   p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--ema-decay", type=float, default=None,
+                 help="also update an EMA of the weights every step (default: none, as the "
+                      "presets train; the PyTorch reference keeps none either)")
+  p.add_argument("--microbatches", type=int, default=1,
+                 help="chunks each device's rows go through the model in (default 1)")
   p.add_argument("--rounds", type=int, default=3,
                  help="timed windows per stage (each followed or preceded by one reference "
                       "run with --vs-torch); the median counts (default: 3)")
@@ -470,12 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           "backend": jax.default_backend(), "devices": len(jax.devices()),
           "cpu_cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "malloc_tuned": malloc and not any("malloc" in w for w in warnings),
-          "torch_malloc_tuned": args.torch_malloc_tuning, "vs_torch": args.vs_torch})
+          "torch_malloc_tuned": args.torch_malloc_tuning, "vs_torch": args.vs_torch,
+          "ema_decay": args.ema_decay, "microbatches": args.microbatches})
     records = run_bench(args.resolutions, batch=args.batch, phases=phases, alpha=args.alpha,
                         rounds=args.rounds, window_s=args.window, steps=args.steps,
                         vs_torch=args.vs_torch, torch_python=args.torch_python,
                         image_channels=args.image_channels,
-                        compute_dtype=args.compute_dtype,
+                        compute_dtype=args.compute_dtype, ema_decay=args.ema_decay,
+                        microbatches=args.microbatches,
                         torch_malloc_tuning=args.torch_malloc_tuning, emit=emit)
     emit(summary(records, args.target if args.vs_torch else None))
   except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from progae_jax import parallel
 from progae_jax.config import MIN_RESOLUTION, ModelConfig
@@ -133,16 +134,42 @@ def psnr_from_mse(mse):
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
+def _squared_error(params, images, alpha, *, model: ModelConfig, compute_dtype):
+  """Sum over `images` of the squared error against the faded target (float32)."""
+  recon, _ = apply(model, params, images, alpha, dtype=compute_dtype)
+  return jnp.sum((recon.astype(jnp.float32) - fade_target(images, alpha)) ** 2)
+
+
+def _gradients_of_my_rows(params, rows, alpha, *, microbatches: int, **model_kw):
+  """Runs on each device with its rows of the batch (inside `shard_map`): the summed squared
+  error and its gradient, then `psum` adds them over the devices.
+
+  With `microbatches` > 1 the rows go through the model in that many chunks, one after the
+  other, and their gradients are added: the same step (up to rounding) with a fraction of
+  the activations in memory at once.
+  """
+  error, grads = 0.0, None
+  for chunk in jnp.split(rows, microbatches):
+    e, g = jax.value_and_grad(_squared_error)(params, chunk, alpha, **model_kw)
+    error, grads = error + e, g if grads is None else jax.tree.map(jnp.add, grads, g)
+  return jax.lax.psum((error, grads), parallel.DATA_AXIS)
+
+
 def _train_step(state: State, batch: jax.Array, alpha: jax.Array, *, model: ModelConfig,
-                optimizer, ema_decay: float | None, compute_dtype) -> tuple[State, dict]:
-  """One optimisation step; the target is faded exactly like the model's output."""
-  target = fade_target(batch, alpha)
+                optimizer, ema_decay: float | None, compute_dtype, mesh,
+                microbatches: int = 1) -> tuple[State, dict]:
+  """One optimisation step on the mean squared error against `fade_target(batch, alpha)`.
 
-  def loss_fn(params):
-    recon, _ = apply(model, params, batch, alpha, dtype=compute_dtype)
-    return jnp.mean((recon - target) ** 2)
-
-  loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+  Data parallelism is written out: every device differentiates the loss of its own rows and
+  one `psum` adds the gradients; the update that follows is the same on every device.
+  """
+  grads_fn = functools.partial(_gradients_of_my_rows, microbatches=microbatches, model=model,
+                               compute_dtype=compute_dtype)
+  error, grads = jax.shard_map(
+      grads_fn, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()),
+      check_vma=False)(state["params"], batch, alpha)
+  loss = error / batch.size
+  grads = jax.tree.map(lambda g: g / batch.size, grads)
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
@@ -156,7 +183,7 @@ def _train_step(state: State, batch: jax.Array, alpha: jax.Array, *, model: Mode
   return new, metrics
 
 
-def make_train_step(config: TrainConfig, optimizer, mesh) -> Callable:
+def make_train_step(config: TrainConfig, optimizer, mesh, microbatches: int = 1) -> Callable:
   """`train_step(state, batch, alpha) -> (state, metrics)`, jitted once, state donated.
 
   The shardings are pytree prefixes (state replicated, batch split over "data"), so the one
@@ -164,7 +191,7 @@ def make_train_step(config: TrainConfig, optimizer, mesh) -> Callable:
   the state change only there. `alpha` is a traced float32: a whole fade is one executable.
   """
   step = functools.partial(_train_step, model=config.model, optimizer=optimizer,
-                           ema_decay=config.ema_decay,
+                           ema_decay=config.ema_decay, mesh=mesh, microbatches=microbatches,
                            compute_dtype=jnp.dtype(config.compute_dtype))
   state_sh, rep = parallel.state_sharding(mesh), parallel.replicated(mesh)
   return jax.jit(step, in_shardings=(state_sh, parallel.data_sharding(mesh), rep),

@@ -128,7 +128,7 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
   it = data.batches("digits", resolution=4, batch_size=16, seed=3, data_dir=data_dir)
   batches = [parallel.global_batch(next(it), mesh) for _ in range(3)]
   step = functools.partial(train._train_step, model=config.model, optimizer=optimizer,
-                           ema_decay=config.ema_decay, compute_dtype=jnp.float32)
+                           ema_decay=config.ema_decay, compute_dtype=jnp.float32, mesh=mesh)
   start = train.init_state(config, optimizer, mesh)
   host_start = jax.device_get(start)
   shardings = parallel.state_shardings(start, mesh, shard_min_size=256)

@@ -229,3 +229,21 @@ def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
   assert "from_image_4" not in result.state["params"]["encoder"]
   evals = _records(str(tmp_path), "eval")
   assert [(r["resolution"], r["phase"]) for r in evals] == [(4, "stable"), (8, "stable")]
+
+
+def test_microbatches_give_the_same_step(data_dir):
+  config = _config(data_dir)
+  mesh, opt = train.parallel.make_mesh(), train.make_optimizer()
+  batch = train.parallel.global_batch(
+      next(data.batches("digits", resolution=4, batch_size=32, seed=1, data_dir=data_dir)), mesh)
+  results = []
+  for microbatches in (1, 4):
+    state = train.init_state(config, opt, mesh)
+    step = train.make_train_step(config, opt, mesh, microbatches=microbatches)
+    for _ in range(2):
+      state, metrics = step(state, batch, np.float32(1.0))
+    results.append((jax.device_get(state["params"]), float(metrics["loss"])))
+  (one, loss_one), (four, loss_four) = results
+  assert loss_four == pytest.approx(loss_one, rel=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
