@@ -134,6 +134,17 @@ def spread(values: Iterable[float]) -> dict:
           "min": min(values), "max": max(values), "values": values}
 
 
+def spread_over_seeds(measured: list[dict]) -> dict:
+  """`spread` of every number (and of every number in a dict) the seeds' measurements share."""
+  out = {}
+  for key, value in measured[0].items():
+    if isinstance(value, dict):
+      out[key] = {k: spread(m[key][k] for m in measured) for k in value}
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+      out[key] = spread(m[key] for m in measured)
+  return out
+
+
 def fmt(s: dict, digits: int = 2) -> str:
   return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 

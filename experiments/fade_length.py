@@ -64,11 +64,8 @@ def main(argv=None) -> int:
   summary = {}
   for f, seeded in runs.items():
     m = [measure(r) for r in seeded]
-    growths = sorted(m[0]["jump_at_growth"])
-    summary[f] = {"psnr": c.spread(x["psnr"] for x in m), "ssim": c.spread(x["ssim"] for x in m),
-                  "jump_at_growth": {r: c.spread(x["jump_at_growth"][r] for x in m)
-                                     for r in growths},
-                  "per_seed": m}
+    summary[f] = dict(c.spread_over_seeds(m), per_seed=m)
+    growths = sorted(summary[f]["jump_at_growth"])
     jumps = ", ".join(f"{r}x{r} {c.fmt(summary[f]['jump_at_growth'][r])}" for r in growths)
     print(f"fade {int(f):>6,} images: final PSNR {c.fmt(summary[f]['psnr'])} dB, "
           f"SSIM {c.fmt(summary[f]['ssim'], 3)}; loss jump at growth {jumps}")

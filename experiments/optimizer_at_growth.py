@@ -62,13 +62,8 @@ def main(argv=None) -> int:
   measured = {p: [measure(r) for r in runs[p]] for p in POLICIES}
   summary = {}
   for p in POLICIES:
-    m = measured[p]
-    growths = sorted(m[0]["jump_at_growth"])
-    summary[p] = {"psnr": c.spread(x["psnr"] for x in m), "ssim": c.spread(x["ssim"] for x in m),
-                  "jump_at_growth": {r: c.spread(x["jump_at_growth"][r] for x in m)
-                                     for r in growths},
-                  "jump_at_fade_end": {r: c.spread(x["jump_at_fade_end"][r] for x in m)
-                                       for r in growths}}
+    summary[p] = c.spread_over_seeds(measured[p])
+    growths = sorted(summary[p]["jump_at_growth"])
     jumps = ", ".join(f"{r}x{r} {c.fmt(summary[p]['jump_at_growth'][r])}" for r in growths)
     ends = ", ".join(f"{r}x{r} {c.fmt(summary[p]['jump_at_fade_end'][r])}" for r in growths)
     print(f"{p:<12} final PSNR {c.fmt(summary[p]['psnr'])} dB; loss jump at growth {jumps}; "
