@@ -37,6 +37,9 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
   p.add_argument("--workdir", default=os.path.join("runs", "experiments", name),
                  help="the runs' work directories (checkpoints, metrics)")
   p.add_argument("--data-dir", help="tfds data directory (default: tfds's own)")
+  p.add_argument("--reuse", action="store_true",
+                 help="read back finished runs of the same config from --workdir instead of "
+                      "training them again (to redo the analysis and plots)")
   return p
 
 
@@ -77,29 +80,45 @@ class Run:
     return self.evals[-1]
 
 
-def run(cfg: TrainConfig, workdir: str, label: str) -> Run:
-  """Trains `cfg` from scratch in `workdir` and reads back what it logged."""
+def finished(cfg: TrainConfig, workdir: str) -> bool:
+  """Whether `workdir` holds a complete run of exactly `cfg`."""
+  from progae_jax import checkpoint
+  try:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    meta = ckpt.read_meta()
+  except (checkpoint.CheckpointError, OSError):
+    return False
+  return (meta.get("images_seen") == train.phases(cfg)[-1].end
+          and not checkpoint.config_differences(meta["config"], cfg.to_dict()))
+
+
+def run(cfg: TrainConfig, workdir: str, label: str, reuse: bool = False) -> Run:
+  """Trains `cfg` from scratch in `workdir` (or, with `reuse`, takes the finished run there)
+  and reads back what it logged."""
   t0 = time.perf_counter()
-  train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
-  wall = time.perf_counter() - t0
+  reused = reuse and finished(cfg, workdir)
+  if not reused:
+    train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
+  wall = float("nan") if reused else time.perf_counter() - t0
   records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
   run = Run(label, cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
             [r for r in records if r["kind"] == "eval"], wall)
   print(f"  {label:<22} seed {cfg.seed}: held-out PSNR {run.final['psnr_full']:.2f} dB, "
         f"SSIM {run.final['ssim_full']:.3f} at {cfg.model.max_resolution}x"
-        f"{cfg.model.max_resolution}; {run.final['train_seconds']:.0f} s training "
-        f"({wall:.0f} s wall)", flush=True)
+        f"{cfg.model.max_resolution}; {run.final['train_seconds']:.0f} s training " +
+        ("(read back)" if reused else f"({wall:.0f} s wall)"), flush=True)
   return run
 
 
-def over_seeds(variants: dict[str, TrainConfig], seeds: int, workdir: str) -> dict[str, list[Run]]:
+def over_seeds(variants: dict[str, TrainConfig], seeds: int, workdir: str,
+               reuse: bool = False) -> dict[str, list[Run]]:
   """Every variant at seeds 0..seeds-1, interleaved (seed-major) so that a change in the
   machine's load over time hits all variants alike."""
   runs = {label: [] for label in variants}
   for seed in range(seeds):
     for label, cfg in variants.items():
       cfg = dataclasses.replace(cfg, seed=seed)
-      runs[label].append(run(cfg, os.path.join(workdir, label, f"seed{seed}"), label))
+      runs[label].append(run(cfg, os.path.join(workdir, label, f"seed{seed}"), label, reuse))
   return runs
 
 
@@ -109,6 +128,14 @@ def loss_jump(train_records: list[dict], index: int, window: int = 10) -> float:
   before = [r["loss"] for r in train_records[max(0, index - window):index]]
   after = [r["loss"] for r in train_records[index:index + window]]
   return max(after) / statistics.fmean(before)
+
+
+def noise_floor(train_records: list[dict], window: int = 10) -> float:
+  """`loss_jump` in the middle of the last stable phase, where nothing happens: what the
+  measure gives from batch-to-batch noise alone."""
+  last = [i for i, r in enumerate(train_records) if r["phase"] == "stable"
+          and r["resolution"] == train_records[-1]["resolution"]]
+  return loss_jump(train_records, last[len(last) // 2], window)
 
 
 def growth_indices(train_records: list[dict]) -> dict[int, int]:

@@ -26,7 +26,8 @@ def fades(budget: int) -> tuple[int, ...]:
 
 def measure(run: c.Run) -> dict:
   growth = {r: c.loss_jump(run.train, i) for r, i in c.growth_indices(run.train).items()}
-  return {"seed": run.seed, "jump_at_growth": growth, "psnr": run.final["psnr_full"],
+  return {"seed": run.seed, "jump_at_growth": growth, "noise_floor": c.noise_floor(run.train),
+          "psnr": run.final["psnr_full"],
           "ssim": run.final["ssim_full"]}
 
 
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
   model, dataset, s = c.small_setting(args.quick)
   variants = {str(f): c.config(model, dataset, c.budget_schedule(f, **s), args.data_dir,
                                eval_every_images=s["every"]) for f in fades(s["budget"])}
-  runs = c.over_seeds(variants, args.seeds, args.workdir)
+  runs = c.over_seeds(variants, args.seeds, args.workdir,
+                      args.reuse)
   summary = {}
   for f, seeded in runs.items():
     m = [measure(r) for r in seeded]
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     growths = sorted(summary[f]["jump_at_growth"])
     jumps = ", ".join(f"{r}x{r} {c.fmt(summary[f]['jump_at_growth'][r])}" for r in growths)
     print(f"fade {int(f):>6,} images: final PSNR {c.fmt(summary[f]['psnr'])} dB, "
-          f"SSIM {c.fmt(summary[f]['ssim'], 3)}; loss jump at growth {jumps}")
+          f"SSIM {c.fmt(summary[f]['ssim'], 3)}; loss jump at growth {jumps}; with nothing "
+          f"happening {c.fmt(summary[f]['noise_floor'])}")
   result = {"quick": args.quick, "seeds": args.seeds, "images_per_growth": s["budget"],
             "summary": summary, "config": variants[str(s["budget"] // 2)].to_dict()}
   c.write(args.out, NAME, result, plot(summary, s["budget"]))

@@ -23,6 +23,7 @@ def measure(run: c.Run) -> dict:
   growth = {r: c.loss_jump(run.train, i) for r, i in c.growth_indices(run.train).items()}
   fade_end = {r: c.loss_jump(run.train, i) for r, i in c.fade_end_indices(run.train).items()}
   return {"seed": run.seed, "jump_at_growth": growth, "jump_at_fade_end": fade_end,
+          "noise_floor": c.noise_floor(run.train),
           "psnr": run.final["psnr_full"], "ssim": run.final["ssim_full"],
           "train_seconds": run.final["train_seconds"]}
 
@@ -34,10 +35,13 @@ def plot(runs: dict[str, list[c.Run]], measured: dict):
     r = seeded[0]
     ax.plot([t["images_seen"] for t in r.train], [t["loss"] for t in r.train], lw=0.8,
             color=f"C{k}", label=f"{label} (seed 0)")
-  for i in c.growth_indices(runs[POLICIES[0]][0].train).values():
-    ax.axvline(runs[POLICIES[0]][0].train[i - 1]["images_seen"], color="grey", ls=":", lw=1)
+  first = runs[POLICIES[0]][0].train
+  for indices, style in ((c.growth_indices(first), ":"), (c.fade_end_indices(first), "--")):
+    for i in indices.values():
+      ax.axvline(first[i - 1]["images_seen"], color="grey", ls=style, lw=1)
   ax.set_yscale("log")
-  ax.set(xlabel="images seen (dotted: growth)", ylabel="training loss (MSE)")
+  ax.set(xlabel="images seen (dotted: growth, dashed: end of the fade)",
+         ylabel="training loss (MSE)")
   ax.legend()
   psnr = [c.spread(m["psnr"] for m in measured[p]) for p in runs]
   bx.bar(list(runs), [s["mean"] for s in psnr], yerr=[s["std"] for s in psnr],
@@ -58,7 +62,8 @@ def main(argv=None) -> int:
   stages = c.budget_schedule(s["budget"] // 2, **s)
   variants = {p: c.config(model, dataset, stages, args.data_dir, optimizer_on_growth=p,
                           eval_every_images=s["every"]) for p in POLICIES}
-  runs = c.over_seeds(variants, args.seeds, args.workdir)
+  runs = c.over_seeds(variants, args.seeds, args.workdir,
+                      args.reuse)
   measured = {p: [measure(r) for r in runs[p]] for p in POLICIES}
   summary = {}
   for p in POLICIES:
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
     jumps = ", ".join(f"{r}x{r} {c.fmt(summary[p]['jump_at_growth'][r])}" for r in growths)
     ends = ", ".join(f"{r}x{r} {c.fmt(summary[p]['jump_at_fade_end'][r])}" for r in growths)
     print(f"{p:<12} final PSNR {c.fmt(summary[p]['psnr'])} dB; loss jump at growth {jumps}; "
-          f"at the fade's end {ends}")
+          f"at the fade's end {ends}; with nothing happening {c.fmt(summary[p]['noise_floor'])}")
   result = {"quick": args.quick, "seeds": args.seeds, "summary": summary,
             "per_seed": measured, "config": variants["carry"].to_dict()}
   c.write(args.out, NAME, result, plot(runs, measured))

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   c.set_up_cpu()
   runs = c.over_seeds(variants(args.quick, args.data_dir, args.direct_lr), args.seeds,
-                      args.workdir)
+                      args.workdir, args.reuse)
   per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
   keys = ("progressive_psnr", "direct_psnr", "progressive_ssim", "direct_ssim",
           "progressive_seconds", "direct_seconds", "direct_psnr_at_progressive_seconds")

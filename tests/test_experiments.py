@@ -21,13 +21,13 @@ def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("xla_cache"))
 
 
-def _run(name, data_dir, tmp_path, cache, seeds=2):
+def _run(name, data_dir, tmp_path, cache, seeds=2, *extra):
   out = str(tmp_path / "out")
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, f"{name}.py"), "--quick",
                          "--seeds", str(seeds), "--out", out, "--workdir",
-                         str(tmp_path / "runs"), "--data-dir", data_dir],
+                         str(tmp_path / "runs"), "--data-dir", data_dir, *extra],
                         capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   with open(os.path.join(out, f"{name}.png"), "rb") as f:
@@ -65,11 +65,15 @@ def test_progressive_vs_direct(data_dir, tmp_path, cache):
 
 def test_optimizer_at_growth(data_dir, tmp_path, cache):
   result, _ = _run("optimizer_at_growth", data_dir, tmp_path, cache)
+  # --reuse reads the finished runs back instead of training them again: the same numbers.
+  again, stdout = _run("optimizer_at_growth", data_dir, tmp_path, cache, 2, "--reuse")
+  assert stdout.count("(read back)") == 6 and again["summary"] == result["summary"]
   assert set(result["summary"]) == {"carry", "reset", "reset_twice"}
   for policy in result["summary"].values():
     _spread_ok(policy["psnr"], 2, 0, 60)
     _spread_ok(policy["jump_at_growth"]["8"], 2, 0, math.inf)
     _spread_ok(policy["jump_at_fade_end"]["8"], 2, 0, math.inf)
+    _spread_ok(policy["noise_floor"], 2, 0, math.inf)
 
 
 def test_fade_length(data_dir, tmp_path, cache):
