@@ -108,9 +108,9 @@ def plot(runs: dict[str, list[c.Run]]):
 
 def main(argv=None) -> int:
   p = c.parser(__doc__, NAME)
-  p.add_argument("--direct-lr", type=float, default=1e-3,
-                 help="the direct model's Adam learning rate (default 1e-3, the rate the "
-                      "progressive run uses from scratch at 4x4)")
+  p.add_argument("--direct-lr", type=float, default=3e-4,
+                 help="the direct model's Adam learning rate (default 3e-4: of 1e-3 and "
+                      "3e-4, the better one in experiments/direct_lr_pilot.py)")
   args = p.parse_args(argv)
   c.set_up_cpu()
   runs = c.over_seeds(variants(args.quick, args.data_dir, args.direct_lr), args.seeds,
