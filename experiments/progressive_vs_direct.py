@@ -83,24 +83,28 @@ def compare(progressive: c.Run, direct: c.Run) -> dict:
 
 def plot(runs: dict[str, list[c.Run]]):
   from progae_jax import plots
-  fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plots.plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
   colours = {"progressive": "tab:blue", "direct": "tab:orange"}
   for label, seeded in runs.items():
     for i, r in enumerate(seeded):
-      for ax, axis in zip(axes, ("images_seen", "train_seconds")):
-        ax.plot([e[axis] for e in r.evals], [e["psnr_full"] for e in r.evals], "o-", ms=3,
-                color=colours[label], alpha=0.8, label=label if i == 0 else None)
+      for row, metric in enumerate(("psnr_full", "ssim_full")):
+        for col, axis in enumerate(("images_seen", "train_seconds")):
+          axes[row, col].plot([e[axis] for e in r.evals], [e[metric] for e in r.evals], "o-",
+                              ms=3, color=colours[label], alpha=0.8,
+                              label=label if i == 0 else None)
   growths = [r.train[i - 1]["images_seen"] for r in runs["progressive"][:1]
              for i in c.growth_indices(r.train).values()]
-  for x in growths:
-    axes[0].axvline(x, color="grey", ls=":", lw=1)
   top = runs["direct"][0].config.model.max_resolution
-  axes[0].set_xlabel("images seen (dotted: growth)")
-  axes[1].set_xlabel("training seconds (evaluation excluded)")
-  for ax in axes:
-    ax.set_ylabel(f"held-out PSNR at {top}x{top} (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+  for row, name in enumerate((f"held-out PSNR at {top}x{top} (dB)",
+                              f"held-out SSIM at {top}x{top}")):
+    for x in growths:
+      axes[row, 0].axvline(x, color="grey", ls=":", lw=1)
+    for ax in axes[row]:
+      ax.set_ylabel(name)
+      ax.grid(alpha=0.3)
+      ax.legend()
+  axes[1, 0].set_xlabel("images seen (dotted: growth)")
+  axes[1, 1].set_xlabel("training seconds (evaluation excluded)")
   fig.suptitle(f"Progressive vs direct, {len(runs['direct'])} seeds, "
                f"{runs['direct'][0].config.dataset}")
   return fig
