@@ -169,10 +169,14 @@ def _set_up_cpu(args, config) -> None:
       print("progae train: warning: JAX is already running, --cpu-devices ignored",
             file=sys.stderr)
     return
+  on_cpu = cpu.trains_on_cpu()
   devices = args.cpu_devices
-  if devices is None and not cpu.device_count_requested():
+  if devices is None and on_cpu and not cpu.device_count_requested():
     devices = cpu.devices_for(p.batch_size for p in train.phases(config))
-  for warning in cpu.configure_cpu(devices or None, malloc=not args.no_malloc_tuning):
+  # One malloc arena suits XLA:CPU's big per-step buffers, not an accelerator run's host
+  # threads (data loading), which would all queue for it.
+  malloc = on_cpu and not args.no_malloc_tuning
+  for warning in cpu.configure_cpu(devices or None, malloc=malloc):
     print(f"progae train: warning: {warning}", file=sys.stderr)
 
 

@@ -35,6 +35,20 @@ def device_count_requested() -> bool:
       re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", "")))
 
 
+ACCELERATOR_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_rocm7_plugin",
+                       "jax_rocm60_plugin", "libtpu")
+
+
+def trains_on_cpu() -> bool:
+  """Whether JAX will run on the CPU: JAX_PLATFORMS says so, or no accelerator plugin is
+  installed. Decided without starting JAX's backend (which would fix the device count)."""
+  import importlib.util
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
+
+
 def backend_started() -> bool:
   from jax._src import xla_bridge
   return xla_bridge.backends_are_initialized()

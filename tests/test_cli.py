@@ -100,3 +100,15 @@ def test_reset_twice_is_an_optimizer_policy(data_dir):
   config = cli.build_config(_parse(["--data-dir", data_dir, "--optimizer-on-growth",
                                     "reset_twice"]))
   assert config.optimizer_on_growth == "reset_twice"
+
+
+def test_only_a_cpu_run_is_set_up_for_the_cpu(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert not cpu.trains_on_cpu()
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert cpu.trains_on_cpu()
+  monkeypatch.delenv("JAX_PLATFORMS")
+  monkeypatch.setattr(cpu, "ACCELERATOR_PLUGINS", ("json",))  # an importable stand-in
+  assert not cpu.trains_on_cpu()
+  monkeypatch.setattr(cpu, "ACCELERATOR_PLUGINS", ("no_such_plugin_here",))
+  assert cpu.trains_on_cpu()
