@@ -60,6 +60,8 @@ def test_progressive_vs_direct(data_dir, tmp_path, cache):
   # Equal images: both runs end on the same count.
   assert result["curves"]["progressive"][0][-1]["images_seen"] == \
       result["curves"]["direct"][0][-1]["images_seen"]
+  for seed in result["per_seed"]:
+    assert seed["direct_best_psnr"] >= seed["direct_psnr"]
   assert "speed-up" in stdout or "in 0 of 2 seeds" in stdout
 
 
