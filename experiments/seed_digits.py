@@ -56,10 +56,10 @@ def reconstructions(cfg, params, resolution: int, count: int = 10) -> tuple:
 
 
 def figure(cfg, state_4, state_8, measured):
-  from progae_jax import plots
+  from progae_jax import plots, to_resolution
   originals, recon_8 = reconstructions(cfg, state_8["params"], 8)
   _, recon_4 = reconstructions(cfg, state_4["params"], 4)
-  recon_4 = recon_4.repeat(2, axis=1).repeat(2, axis=2)  # shown at 8x8, pixels doubled
+  recon_4 = to_resolution(recon_4, 8)  # shown at 8x8, pixels doubled
   rows = [("held-out digits (8x8)", originals),
           (f"4x4 model ({measured['psnr_4']:.1f} dB at 4x4)", recon_4),
           (f"grown 8x8 model ({measured['psnr_8']:.1f} dB)", recon_8)]

@@ -32,6 +32,22 @@ def upsample(images):
   return images.repeat(2, axis=1).repeat(2, axis=2)
 
 
+def to_resolution(images, resolution: int):
+  """The same images at `resolution`, a power-of-two factor away: `downsample` to go down,
+  `upsample` to go up (so a stage's output can be compared with final-size images)."""
+  _check_nhwc(images, "to_resolution")
+  size = images.shape[1]
+  big, small = max(size, resolution), min(size, resolution)
+  factor = big // small if small > 0 and big % small == 0 else 0
+  if factor < 1 or factor & (factor - 1):
+    raise ValueError(f"to_resolution: {size} -> {resolution} is not a power-of-two factor")
+  while images.shape[1] > resolution:
+    images = downsample(images)
+  while images.shape[1] < resolution:
+    images = upsample(images)
+  return images
+
+
 def fade_in(old, new, alpha):
   """The ProGAN blend: `alpha` = 0 gives the old path exactly, `alpha` = 1 the new one."""
   return alpha * new + (1.0 - alpha) * old

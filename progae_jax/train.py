@@ -33,7 +33,7 @@ from progae_jax import parallel
 from progae_jax.config import MIN_RESOLUTION, ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state
 from progae_jax.model import Stage, apply, init_params, stage_of
-from progae_jax.ops import downsample, fade_target, upsample
+from progae_jax.ops import fade_target, to_resolution
 from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
 
 State = dict[str, Any]
@@ -212,16 +212,12 @@ def _eval_step(params, full, alpha, *, model: ModelConfig, compute_dtype):
   and compare it with `full` itself: how well the model reconstructs final-size images right
   now, which is comparable across stages and with a model trained at the final size only.
   """
-  images = full
-  while images.shape[1] > stage_of(params).resolution:
-    images = downsample(images)
+  images = to_resolution(full, stage_of(params).resolution)
   target = fade_target(images, alpha)
   recon = jnp.clip(apply(model, params, images, alpha, dtype=compute_dtype)[0], 0.0, 1.0)
   mse = jnp.mean((recon - target) ** 2, axis=(1, 2, 3))
   ssim = dm_pix.ssim(recon, target, filter_size=ssim_filter_size(images.shape[1]))
-  enlarged = recon
-  while enlarged.shape[1] < full.shape[1]:
-    enlarged = upsample(enlarged)
+  enlarged = to_resolution(recon, full.shape[1])
   mse_full = jnp.mean((enlarged - full) ** 2, axis=(1, 2, 3))
   ssim_full = dm_pix.ssim(enlarged, full, filter_size=ssim_filter_size(full.shape[1]))
   return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim,
@@ -408,9 +404,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
       if data_state is not None and data_phase == phase.index and images_seen > phase.start:
         iterator.set_state(ckpt_lib.decode_iterator_state(data_state, iterator))
       data_state = None
-      held_out = held_out_full
-      while held_out.shape[1] > phase.resolution:
-        held_out = downsample(held_out)
+      held_out = to_resolution(held_out_full, phase.resolution)  # for the pictures
 
       def evaluate(alpha: float) -> tuple[dict, np.ndarray]:
         with clock.paused(state):

@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progae_jax import downsample, fade_target, upsample
+from progae_jax import downsample, fade_target, to_resolution, upsample
 
 
 def test_downsample_is_a_2x2_box_filter():
@@ -34,3 +34,12 @@ def test_fade_target_ends():
 def test_downsample_rejects_bad_shapes(bad):
   with pytest.raises(ValueError):
     downsample(bad)
+
+
+def test_to_resolution_repeats_the_one_way_down_and_up():
+  x = np.random.default_rng(2).random((2, 8, 8, 3), np.float32)
+  np.testing.assert_array_equal(to_resolution(x, 2), downsample(downsample(x)))
+  np.testing.assert_array_equal(to_resolution(x, 32), upsample(upsample(x)))
+  assert to_resolution(x, 8) is x
+  with pytest.raises(ValueError, match="8 -> 24 is not a power-of-two factor"):
+    to_resolution(x, 24)
