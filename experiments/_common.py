@@ -199,8 +199,7 @@ def write(out: str, name: str, result: dict, figure) -> tuple[str, str]:
 def set_up_cpu() -> None:
   """One CPU device per core and tuned malloc, as `progae train` does (before JAX starts)."""
   from progae_jax import cpu
-  if cpu.trains_on_cpu() and not cpu.backend_started() and not cpu.device_count_requested():
-    cpu.configure_cpu(cpu.devices_for([64]), malloc=True)
+  cpu.set_up([64])
 
 
 def small_setting(quick: bool):

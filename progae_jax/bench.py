@@ -40,7 +40,7 @@ import time
 from typing import Callable, Sequence
 
 from progae_jax.cpu import (MALLOC_TUNABLES, backend_started, configure_cpu,  # noqa: F401
-                            tune_malloc)
+                            core_count, tune_malloc)
 
 DEFAULT_RESOLUTIONS = (8, 16, 32)
 PHASES = ("fade", "stable")
@@ -446,8 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cpu_devices(text: str) -> int | None:
   if text == "auto":
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))
+    return core_count()
   n = int(text)
   if n < 0:
     raise ValueError("--cpu-devices must be 'auto', 0 (JAX's default) or a positive number")

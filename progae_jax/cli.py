@@ -68,6 +68,7 @@ def _rate(text: str) -> float:
 
 
 def _train_parser(sub) -> None:
+  from progae_jax.schedule import OPTIMIZER_POLICIES
   p = sub.add_parser("train", help="train a model progressively (resumes a work directory)")
   p.add_argument("--preset", choices=sorted(PRESETS), default="main",
                  help="starting point for every option below (default: main)")
@@ -86,7 +87,7 @@ def _train_parser(sub) -> None:
                  help="images per stable phase, every stage")
   p.add_argument("--learning-rate", type=_rate, help="Adam's learning rate, every stage")
   p.add_argument("--seed", type=int)
-  p.add_argument("--optimizer-on-growth", choices=("carry", "reset", "reset_twice"),
+  p.add_argument("--optimizer-on-growth", choices=OPTIMIZER_POLICIES,
                  help="carry Adam's moments of kept weights at growth (default), reset all, "
                       "or reset at growth and again at the fade's end (ProGAN)")
   p.add_argument("--alpha-ramp", choices=("linear", "smooth"))
@@ -161,22 +162,11 @@ def build_config(args) -> "TrainConfig":
 
 
 def _set_up_cpu(args, config) -> None:
-  """One CPU device per core and tuned malloc, if this process is still ours to set up: not
-  when JAX already runs (train called in-process) or the environment chose a device count."""
+  """One CPU device per core and tuned malloc, if this process is still ours to set up."""
   from progae_jax import cpu, train
-  if cpu.backend_started():
-    if args.cpu_devices is not None:
-      print("progae train: warning: JAX is already running, --cpu-devices ignored",
-            file=sys.stderr)
-    return
-  on_cpu = cpu.trains_on_cpu()
-  devices = args.cpu_devices
-  if devices is None and on_cpu and not cpu.device_count_requested():
-    devices = cpu.devices_for(p.batch_size for p in train.phases(config))
-  # One malloc arena suits XLA:CPU's big per-step buffers, not an accelerator run's host
-  # threads (data loading), which would all queue for it.
-  malloc = on_cpu and not args.no_malloc_tuning
-  for warning in cpu.configure_cpu(devices or None, malloc=malloc):
+  warnings = cpu.set_up((p.batch_size for p in train.phases(config)), args.cpu_devices,
+                        malloc=not args.no_malloc_tuning)
+  for warning in warnings:
     print(f"progae train: warning: {warning}", file=sys.stderr)
 
 

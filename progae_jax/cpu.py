@@ -21,9 +21,16 @@ import re
 from typing import Iterable
 
 
+def core_count() -> int:
+  """The cores this process may run on (its CPU affinity, where the OS tells)."""
+  if hasattr(os, "sched_getaffinity"):
+    return max(1, len(os.sched_getaffinity(0)))
+  return os.cpu_count() or 1
+
+
 def devices_for(batch_sizes: Iterable[int], cores: int | None = None) -> int:
   """The most CPU devices, at most one per core, that split every global batch evenly."""
-  cores = cores or os.cpu_count() or 1
+  cores = cores or core_count()
   common = math.gcd(*batch_sizes)
   return max(d for d in range(1, cores + 1) if common % d == 0)
 
@@ -81,6 +88,24 @@ def tune_malloc() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
   return all(mallopt(param, value) == 1 for param, value in MALLOC_TUNING.values())
+
+
+def set_up(batch_sizes: Iterable[int], devices: int | None = None, *,
+           malloc: bool = True) -> list[str]:
+  """What a training program does first on the CPU: one device per core (as many as split
+  every batch evenly; `devices` overrides, 0 leaves JAX's one) and tuned malloc.
+
+  Only when JAX will run on the CPU; a device count the environment chose (XLA_FLAGS,
+  JAX_NUM_CPU_DEVICES) is kept; nothing once JAX's backend runs. Returns warnings.
+  """
+  if backend_started():
+    return ["JAX is already running, --cpu-devices ignored"] if devices is not None else []
+  on_cpu = trains_on_cpu()
+  if devices is None and on_cpu and not device_count_requested():
+    devices = devices_for(batch_sizes)
+  # One malloc arena suits XLA:CPU's big per-step buffers, not an accelerator run's host
+  # threads (data loading), which would all queue for it.
+  return configure_cpu(devices or None, malloc=on_cpu and malloc)
 
 
 def configure_cpu(cpu_devices: int | None, xla_flags: str = "", *,
