@@ -79,6 +79,13 @@ class Run:
   def final(self) -> dict:
     return self.evals[-1]
 
+  @classmethod
+  def read(cls, label: str, cfg: TrainConfig, workdir: str, wall_seconds: float) -> "Run":
+    """The run in `workdir`, from the metrics.jsonl it wrote."""
+    records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
+    return cls(label, cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
+               [r for r in records if r["kind"] == "eval"], wall_seconds)
+
 
 def finished(cfg: TrainConfig, workdir: str) -> bool:
   """Whether `workdir` holds a complete run of exactly `cfg`."""
@@ -100,9 +107,7 @@ def run(cfg: TrainConfig, workdir: str, label: str, reuse: bool = False) -> Run:
   if not reused:
     train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
   wall = float("nan") if reused else time.perf_counter() - t0
-  records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
-  run = Run(label, cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
-            [r for r in records if r["kind"] == "eval"], wall)
+  run = Run.read(label, cfg, workdir, wall)
   print(f"  {label:<22} seed {cfg.seed}: held-out PSNR {run.final['psnr_full']:.2f} dB, "
         f"SSIM {run.final['ssim_full']:.3f} at {cfg.model.max_resolution}x"
         f"{cfg.model.max_resolution}; {run.final['train_seconds']:.0f} s training " +

@@ -39,12 +39,9 @@ def one_seed(cfg, workdir: str):
   stopped = train.train_and_evaluate(cfg, workdir, restart=True, progress=False,
                                      stop_after_images=four.end)
   state_4 = stopped.state
-  # Resumes from the 4x4 checkpoint: growth happens in the second process-lifetime of the run.
+  # Resumes from the 4x4 checkpoint: growth happens in the second call.
   state_8 = train.train_and_evaluate(cfg, workdir, progress=False).state
-  records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
-  run = c.Run("digits", cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
-              [r for r in records if r["kind"] == "eval"], float("nan"))
-  return state_4, state_8, run
+  return state_4, state_8, c.Run.read("digits", cfg, workdir, float("nan"))
 
 
 def reconstructions(cfg, params, resolution: int, count: int = 10) -> tuple:
