@@ -10,7 +10,7 @@ training loop does), then saved with `progae_jax.checkpoint.Checkpointer` exactl
   * synchronous:  the same save with asynchronous checkpointing off, for comparison;
   * restore:      `progae_jax.checkpoint.restore(path, step)`, the public call: reads the
                   metadata, builds the abstract target with `jax.eval_shape`, reads the arrays;
-  * target:       of which building the abstract target (`train.abstract_state`, traced
+  * target:       of which building the abstract target (`train_state.abstract_state`, traced
                   through every growth up to the stage).
 
 Each is the median of --repeats runs. Writes a JSON file and a figure:
@@ -33,7 +33,7 @@ import types
 import grain
 import jax
 
-from progae_jax import checkpoint, cli, count_params, data, parallel, stage_of, train
+from progae_jax import checkpoint, cli, count_params, data, parallel, stage_of, train_state
 from progae_jax.schedule import phases
 
 
@@ -64,15 +64,15 @@ def bench(repeats: int, directory: str) -> dict:
   config = main_job_config()
   mesh = parallel.make_mesh()
   plan = phases(config)
-  optimizer = train.make_optimizer(plan[0].learning_rate)
+  optimizer = train_state.make_optimizer(plan[0].learning_rate)
   iterator = iter(grain.MapDataset.range(1000).batch(10).to_iter_dataset())
   next(iterator)
-  state = train.init_state(config, optimizer, mesh)
+  state = train_state.init_state(config, optimizer, mesh)
   rows = []
   for phase in plan:
-    state = train.move_to_phase(state, phase, config, optimizer, mesh)
+    state = train_state.move_to_phase(state, phase, config, optimizer, mesh)
     jax.block_until_ready(state)
-    meta = train._metadata(config, state, phase)
+    meta = train_state.checkpoint_meta(config, state, phase)
     nbytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
     row = {"phase": phase.name, "params": count_params(state["params"]),
            "state_mib": nbytes / 2**20}
@@ -96,7 +96,7 @@ def bench(repeats: int, directory: str) -> dict:
         assert stage_of(restored["params"]) == stage_of(state["params"])
         stage = stage_of(state["params"])
         row["restore_target_s"] = median_seconds(
-            lambda: train.abstract_state(config, stage, optimizer, mesh), repeats)
+            lambda: train_state.abstract_state(config, stage, optimizer, mesh), repeats)
       else:
         row["save_sync_s"] = statistics.median(written)
       shutil.rmtree(path)

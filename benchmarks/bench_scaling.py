@@ -42,9 +42,9 @@ def worker(args) -> None:
   import jax
   import numpy as np
 
-  from progae_jax import parallel, train
+  from progae_jax import parallel, train, train_state
   from progae_jax.config import ModelConfig
-  from progae_jax.model import Stage, stage_of
+  from progae_jax.model import Stage
   from progae_jax.schedule import TrainConfig
 
   model = ModelConfig(image_channels=args.image_channels,
@@ -52,11 +52,10 @@ def worker(args) -> None:
   config = TrainConfig(model=model, compute_dtype=args.dtype)
   mesh = parallel.make_mesh(args.devices)
   parallel.check_batch_size(args.batch, mesh)
-  optimizer = train.make_optimizer()
-  state = train.init_state(config, optimizer, mesh)
+  optimizer = train_state.make_optimizer()
   target = Stage(args.resolution, args.phase == "fade")
-  while stage_of(state["params"]) != target:
-    state = train.advance_state(state, config, optimizer, mesh)
+  state = train_state.grow_to(train_state.init_state(config, optimizer, mesh), target, config,
+                              optimizer, mesh)
   alpha = np.float32(0.5 if target.fading else 1.0)
   rng = np.random.default_rng(0)
   shape = (args.batch, args.resolution, args.resolution, args.image_channels)

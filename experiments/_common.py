@@ -19,6 +19,7 @@ import time
 from typing import Iterable, Sequence
 
 from progae_jax import ModelConfig, train
+from progae_jax.metrics_log import read_metrics
 from progae_jax.schedule import StageSchedule, TrainConfig
 
 # The quick mode's model: small enough that a run compiles and trains in seconds.
@@ -82,7 +83,7 @@ class Run:
   @classmethod
   def read(cls, label: str, cfg: TrainConfig, workdir: str, wall_seconds: float) -> "Run":
     """The run in `workdir`, from the metrics.jsonl it wrote."""
-    records = train._Metrics.read(os.path.join(workdir, "metrics.jsonl"))
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     return cls(label, cfg.seed, cfg, [r for r in records if r["kind"] == "train"],
                [r for r in records if r["kind"] == "eval"], wall_seconds)
 

@@ -65,13 +65,10 @@ class JaxStage:
 
 def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
   """The training state at a stage, grown from 4x4 the way training grows it."""
-  from progae_jax import train
-  from progae_jax.model import Stage, stage_of
-  state = train.init_state(config, optimizer, mesh)
-  target = Stage(resolution, fading)
-  while stage_of(state["params"]) != target:
-    state = train.advance_state(state, config, optimizer, mesh)
-  return state
+  from progae_jax import train_state
+  from progae_jax.model import Stage
+  return train_state.grow_to(train_state.init_state(config, optimizer, mesh),
+                             Stage(resolution, fading), config, optimizer, mesh)
 
 
 def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, alpha: float,
@@ -81,12 +78,12 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   import jax.numpy as jnp
   import numpy as np
 
-  from progae_jax import parallel, train
+  from progae_jax import parallel, train, train_state
   from progae_jax.schedule import TrainConfig
 
   config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed,
                        ema_decay=ema_decay)
-  optimizer = train.make_optimizer()
+  optimizer = train_state.make_optimizer()
   mesh = parallel.make_mesh()
   parallel.check_batch_size(batch, mesh)
   state = _state_at(config, resolution, fading, optimizer, mesh)

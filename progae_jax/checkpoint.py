@@ -34,6 +34,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 import progae_jax
+from progae_jax import parallel, train_state
+from progae_jax.model import Stage
+from progae_jax.schedule import TrainConfig, alpha_at, phases
 
 ITEMS = ("state", "meta", "data")
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
@@ -148,7 +151,6 @@ def _position(meta: dict, images_seen: int) -> dict:
   """Alpha of the next step and the phase's span, from the run's config in `meta`."""
   if "config" not in meta or "phase_index" not in meta or "alpha" in meta:
     return {}
-  from progae_jax.schedule import TrainConfig, alpha_at, phases
   config = TrainConfig.from_dict(meta["config"])
   phase = phases(config)[meta["phase_index"]]
   return {"alpha": alpha_at(phase, images_seen, config.alpha_ramp),
@@ -199,8 +201,10 @@ class Checkpointer:
     """The complete checkpoints, by images seen (interrupted saves are never listed)."""
     return sorted(self._manager.all_steps())
 
-  def latest(self) -> int | None:
-    return self._manager.latest_step()
+  def delete_all(self) -> None:
+    """Deletes every checkpoint (a run started afresh must not resume from an old one's)."""
+    for step in self.steps():
+      self._manager.delete(step)
 
   def save(self, images_seen: int, state: dict, meta: dict, data_iterator=None,
            psnr: float | None = None) -> None:
@@ -361,10 +365,6 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`. Raises
   `CheckpointError` for anything missing, empty, damaged or foreign.
   """
-  from progae_jax import parallel, train
-  from progae_jax.model import Stage
-  from progae_jax.schedule import TrainConfig
-
   directory, step = locate(path, step)
   manager = Checkpointer(directory, read_only=True, asynchronous=False)
   try:
@@ -373,8 +373,9 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
     try:
       config = TrainConfig.from_dict(meta["config"])
       stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
-      optimizer = train.make_optimizer(config.stage(stage.resolution).learning_rate)
-      abstract = train.abstract_state(config, stage, optimizer, mesh or parallel.make_mesh())
+      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
+      abstract = train_state.abstract_state(config, stage, optimizer,
+                                            mesh or parallel.make_mesh())
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise CheckpointError(
           f"the metadata of checkpoint {step} in {directory} does not "

@@ -163,8 +163,9 @@ def build_config(args) -> "TrainConfig":
 
 def _set_up_cpu(args, config) -> None:
   """One CPU device per core and tuned malloc, if this process is still ours to set up."""
-  from progae_jax import cpu, train
-  warnings = cpu.set_up((p.batch_size for p in train.phases(config)), args.cpu_devices,
+  from progae_jax import cpu
+  from progae_jax.schedule import phases
+  warnings = cpu.set_up((p.batch_size for p in phases(config)), args.cpu_devices,
                         malloc=not args.no_malloc_tuning)
   for warning in warnings:
     print(f"progae train: warning: {warning}", file=sys.stderr)
@@ -172,6 +173,7 @@ def _set_up_cpu(args, config) -> None:
 
 def cmd_train(args) -> int:
   from progae_jax import parallel, train
+  from progae_jax.schedule import phases
 
   config = build_config(args)
   _set_up_cpu(args, config)
@@ -182,7 +184,7 @@ def cmd_train(args) -> int:
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
                                     stop_after_images=args.stop_after_images)
-  finished = result.images_seen >= train.phases(config)[-1].end
+  finished = result.images_seen >= phases(config)[-1].end
   if parallel.is_main_process() and finished and result.final_eval:
     e = result.final_eval
     print(f"final held-out PSNR: {e['psnr']:.2f} dB (SSIM {e['ssim']:.3f}) at "
@@ -194,7 +196,7 @@ def cmd_train(args) -> int:
 
 def cmd_inspect(args) -> int:
   from progae_jax import checkpoint, summary
-  from progae_jax.train import _Metrics
+  from progae_jax.metrics_log import FILENAME, read_metrics
 
   state, meta = checkpoint.restore(args.path, args.step)
   alpha = f" (alpha {meta['alpha']:.3f})" if "alpha" in meta else ""
@@ -203,7 +205,7 @@ def cmd_inspect(args) -> int:
         f"dataset {meta['config']['dataset']}, progae_jax {meta.get('version')}")
   directory, _ = checkpoint.locate(args.path)
   workdir = os.path.dirname(directory)
-  records = [r for r in _Metrics.read(os.path.join(workdir, "metrics.jsonl"))
+  records = [r for r in read_metrics(os.path.join(workdir, FILENAME))
              if r["images_seen"] <= meta["images_seen"]]
   evals = [r for r in records if r["kind"] == "eval"]
   if evals:

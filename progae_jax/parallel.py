@@ -1,16 +1,9 @@
 """Scaling out with JAX's own runtime: one mesh, `NamedSharding`s, `jax.distributed`.
 
 Data parallelism is a mesh with one axis, "data". Batches are split along it; parameters and
-optimizer state are replicated (`P()`). Every jitted function in train.py takes its shardings
-from here, so the layout of the state is decided in one place:
-
-* `state_sharding(mesh)`: the pytree prefix the jitted steps use today (replicated);
-* `state_shardings(tree, mesh, shard_min_size)`: the same decision leaf by leaf. With
-  `shard_min_size=None` it is `P()` everywhere (identical to the prefix); with a number, every
-  leaf of at least that many elements is split along "data" on its largest divisible dimension
-  (FSDP/ZeRO-3 style: the same axis as the batch, so XLA all-gathers a weight where it is used
-  and reduce-scatters its gradient). `constrain_state` applies it inside a jitted function.
-  tests/test_parallel.py trains with it switched on and gets the replicated run's numbers.
+optimizer state are replicated (`P()`): `state_sharding(mesh)` is that decision, a pytree
+prefix that fits every stage's tree, and every jitted function in train.py and
+train_state.py takes its shardings from here, so the layout is decided in one place.
 
 Process layout: the mesh lists devices process by process, so process i's devices hold the
 global rows [i * B/P, (i+1) * B/P) of a batch: exactly the rows `data.batches(...,
@@ -21,8 +14,6 @@ shard_index=i, shard_count=P)` reads. `global_batch` glues those local rows into
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -87,31 +78,6 @@ def state_sharding(mesh) -> NamedSharding:
   return replicated(mesh)
 
 
-def leaf_sharding(shape, mesh, shard_min_size: int | None = None) -> NamedSharding:
-  """One leaf's sharding: replicated, or (FSDP) split on its largest dimension divisible by
-  the data axis when it has at least `shard_min_size` elements."""
-  n = mesh.shape[DATA_AXIS]
-  if shard_min_size is None or n == 1 or int(np.prod(shape, dtype=np.int64)) < shard_min_size:
-    return replicated(mesh)
-  dims = sorted((d for d in range(len(shape)) if shape[d] % n == 0), key=lambda d: -shape[d])
-  if not dims:
-    return replicated(mesh)
-  spec = [None] * len(shape)
-  spec[dims[0]] = DATA_AXIS
-  return NamedSharding(mesh, P(*spec))
-
-
-def state_shardings(tree, mesh, shard_min_size: int | None = None) -> Any:
-  """A sharding per leaf of `tree` (arrays or ShapeDtypeStructs); see the module docstring."""
-  return jax.tree_util.tree_map(lambda x: leaf_sharding(np.shape(x), mesh, shard_min_size),
-                                tree)
-
-
-def constrain_state(tree, mesh, shard_min_size: int | None = None):
-  """`with_sharding_constraint` of every leaf to `state_shardings` (inside a jitted function)."""
-  return jax.lax.with_sharding_constraint(tree, state_shardings(tree, mesh, shard_min_size))
-
-
 def check_batch_size(global_batch: int, mesh) -> None:
   """A global batch must split evenly over the devices of the mesh."""
   n = mesh.devices.size
@@ -136,11 +102,6 @@ def global_batch(local_batch: np.ndarray, mesh) -> jax.Array:
                      f"over its {local_devices} devices of the mesh")
   shape = (local_batch.shape[0] * jax.process_count(), *local_batch.shape[1:])
   return jax.make_array_from_process_local_data(data_sharding(mesh), local_batch, shape)
-
-
-def put_replicated(tree, mesh):
-  """Places a host or device pytree replicated on the mesh."""
-  return jax.device_put(tree, replicated(mesh))
 
 
 def _int_env(name: str) -> int | None:

@@ -12,7 +12,6 @@ learning rate all follow from it, which is what makes resuming mid-fade exact.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Literal, Mapping
 
@@ -133,9 +132,6 @@ class TrainConfig:
     if "stages" in d:
       d["stages"] = {int(r): StageSchedule(**s) for r, s in d["stages"].items()}
     return cls(**d)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,21 @@
-"""Progressive training: the train state, the jitted steps, and the loop through every phase.
+"""Progressive training: the jitted steps, and the loop through every phase of the schedule.
 
     stable 4x4 -> grow -> fade 8x8 -> finish_fade -> stable 8x8 -> grow -> ... -> final stage
 
-The state is a plain dict of arrays (what Orbax saves and `NamedSharding` places):
-
-    {"params": ..., "opt_state": ..., "ema": ... (optional), "step": int32[], "rng": uint32[2]}
-
-The stage and phase are not stored beside it: they are the shape of `params` (`stage_of`).
 The run's position is one host integer, the images seen; the phase, alpha and learning rate
-all follow from it (schedule.py), and it is saved in every checkpoint's metadata.
+all follow from it (schedule.py), and it is saved in every checkpoint's metadata. The state
+itself, and how it grows, is train_state.py. `train_and_evaluate` is these steps:
+
+    _set_up            check the config against the devices and the data; open the checkpoints
+    _resume_or_start   the latest checkpoint's state and position, or a fresh 4x4 state
+    for each phase left:
+      _train_phase     grow to the phase's stage (move_to_phase), then one step per batch at
+                       the schedule's alpha; after each step `_due` says what is due:
+        _log_window      the window's metrics to the host, checked finite, to metrics.jsonl
+        _evaluate_now    held-out metrics, every eval_every_images
+        _save            a checkpoint, every checkpoint_every_images (and where a stop falls)
+      _end_phase       evaluate at alpha 1, the phase's pictures, a checkpoint ranked by PSNR
+    _finish            the curves and the summary table (or `_stopped`, mid-phase)
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -29,100 +35,19 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from progae_jax import checkpoint as ckpt_lib
 from progae_jax import parallel
-from progae_jax.config import MIN_RESOLUTION, ModelConfig
-from progae_jax.growth import finish_fade, grow, grow_opt_state
-from progae_jax.model import Stage, apply, init_params, stage_of
+from progae_jax.config import ModelConfig
+from progae_jax.metrics_log import MetricsLog
+from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
 from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
-
-State = dict[str, Any]
+from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
+                                    make_optimizer, move_to_phase)
 
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; the message names step, stage and alpha."""
-
-
-# ---------------------------------------------------------------------------------------------
-# State
-
-
-def make_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
-  """Adam with its learning rate injected into the state, so each stage can set its own
-  without recompiling the train step."""
-  return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-
-
-def set_learning_rate(state: State, learning_rate: float) -> State:
-  """The same state with Adam's injected learning rate replaced (same shape: no recompile)."""
-  opt_state = state["opt_state"]
-  old = opt_state.hyperparams["learning_rate"]
-  new = jax.device_put(jnp.asarray(learning_rate, old.dtype), old.sharding)
-  hyperparams = dict(opt_state.hyperparams, learning_rate=new)
-  return dict(state, opt_state=opt_state._replace(hyperparams=hyperparams))
-
-
-def _rng_for(state: State, resolution: int) -> jax.Array:
-  """Growth to `resolution` always draws from the same key: a resumed run grows the same."""
-  return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), resolution)
-
-
-def _init_state(config: TrainConfig, optimizer) -> State:
-  key = jax.random.key(config.seed)
-  params = init_params(config.model, MIN_RESOLUTION, jax.random.fold_in(key, MIN_RESOLUTION))
-  state = {"params": params, "opt_state": optimizer.init(params),
-           "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(key)}
-  if config.ema_decay is not None:
-    state["ema"] = params
-  return state
-
-
-def init_state(config: TrainConfig, optimizer, mesh) -> State:
-  """The 4x4 state, computed on the devices and placed by the mesh (no host round trip)."""
-  sharding = parallel.state_sharding(mesh)
-  return jax.jit(functools.partial(_init_state, config, optimizer), out_shardings=sharding)()
-
-
-def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> State:
-  stage = stage_of(state["params"])
-  if stage.fading:
-    change = finish_fade
-  else:
-    rng = _rng_for(state, stage.resolution * 2)
-    change = lambda p: grow(p, model, rng)
-  new = dict(state, params=change(state["params"]))
-  # The optimizer state follows the parameters. `reset` empties Adam's moments at growth
-  # only; `reset_twice` (ProGAN's choice) also when the fade ends and the adapters go.
-  reset = policy == "reset_twice" or (policy == "reset" and not stage.fading)
-  new["opt_state"] = grow_opt_state(state["opt_state"], optimizer, new["params"],
-                                    policy="reset" if reset else "carry")
-  if "ema" in state:
-    new["ema"] = change(state["ema"])
-  return new
-
-
-def advance_state(state: State, config: TrainConfig, optimizer, mesh) -> State:
-  """Grows (stable -> next fade) or finishes the fade (fade -> stable), one step along.
-
-  Runs under `jax.jit` with the mesh's shardings as output, so the grown tree is created on
-  the devices, already placed, without a trip through the host.
-  """
-  fn = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
-                         policy=config.optimizer_on_growth)
-  return jax.jit(fn, out_shardings=parallel.state_sharding(mesh), donate_argnums=0)(state)
-
-
-def move_to_phase(state: State, phase: Phase, config: TrainConfig, optimizer, mesh) -> State:
-  """Changes the tree until its stage is the phase's, then sets the phase's learning rate."""
-  target = Stage(phase.resolution, phase.fading)
-  for _ in range(2 * len(config.model.resolutions)):
-    stage = stage_of(state["params"])
-    if stage == target:
-      return set_learning_rate(state, phase.learning_rate)
-    if (stage.resolution, not stage.fading) > (target.resolution, not target.fading):
-      raise ValueError(f"the state is at {stage}, past the phase {phase.name}")
-    state = advance_state(state, config, optimizer, mesh)
-  raise AssertionError("unreachable: growth did not reach the phase")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,55 +158,8 @@ def make_eval_step(config: TrainConfig, mesh) -> Callable:
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(data, data))
 
 
-def abstract_state(config: TrainConfig, stage: Stage, optimizer, mesh) -> State:
-  """Shapes, dtypes and shardings of the state at `stage`, from `jax.eval_shape` (no FLOPs):
-  the target a checkpoint of that stage is restored into."""
-
-  def build():
-    state = _init_state(config, optimizer)
-    while stage_of(state["params"]) != stage:
-      state = _grow_state(state, model=config.model, optimizer=optimizer,
-                          policy=config.optimizer_on_growth)
-    return state
-
-  sharding = parallel.state_sharding(mesh)
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(build))
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
-
-
-class _Metrics:
-  """JSON lines in the work directory; only process 0 writes."""
-
-  def __init__(self, workdir: str, resume_at: int | None):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = parallel.is_main_process()
-    if self.enabled:
-      kept = [r for r in self.read(self.path) if resume_at is not None
-              and r["images_seen"] <= resume_at]  # Drop what a crashed run logged past its save.
-      with open(self.path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-
-  @staticmethod
-  def read(path: str) -> list[dict]:
-    if not os.path.exists(path):
-      return []
-    with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
-
-  def write(self, record: dict) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _metadata(config: TrainConfig, state: State, phase: Phase, clock: "_TrainClock") -> dict:
-  stage = stage_of(state["params"])
-  return {"resolution": stage.resolution, "phase": stage.phase, "phase_index": phase.index,
-          "train_seconds": clock.seconds(), "config": config.to_dict()}
 
 
 class _TrainClock:
@@ -327,6 +205,54 @@ class RunResult:
   state: State
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the loop's steps share: the run's fixed parts, then its moving position."""
+  config: TrainConfig
+  workdir: str
+  plan: list[Phase]
+  mesh: Any
+  data: Any  # The data module (a stand-in in some tests).
+  optimizer: Any
+  train_step: Callable
+  eval_step: Callable
+  ckpt: ckpt_lib.Checkpointer
+  main: bool  # Process 0: prints, writes metrics and pictures.
+  progress: bool
+  stop_after_images: int | None
+  # From `_resume_or_start` on:
+  state: State | None = None
+  images_seen: int = 0
+  resume_data: tuple[int, bytes] | None = None  # (phase index, data position) to resume at.
+  held_out: np.ndarray | None = None  # At the final resolution.
+  clock: _TrainClock | None = None
+  log: MetricsLog | None = None
+  bar: Any = None
+  pictures: list[str] = dataclasses.field(default_factory=list)
+  summary: list[dict] = dataclasses.field(default_factory=list)
+  last_eval: dict | None = None
+
+  def stop_reached(self) -> bool:
+    return self.stop_after_images is not None and self.images_seen >= self.stop_after_images
+
+
+@dataclasses.dataclass
+class _Window:
+  """The steps since the last flush, whose metrics are still on the devices."""
+  pending: list = dataclasses.field(default_factory=list)  # (images seen before, alpha, metrics)
+  t0: float = dataclasses.field(default_factory=time.perf_counter)
+  images: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Due:
+  """What is due after a step: flush the window, evaluate, checkpoint, stop (mid-phase)."""
+  log: bool
+  evaluate: bool
+  checkpoint: bool
+  stop: bool
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = False,
                        mesh=None, progress: bool = True, stop_after_images: int | None = None,
                        data_module=None) -> RunResult:
@@ -334,16 +260,49 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
 
   `stop_after_images` ends the run early (after a checkpoint), as a preempted job would.
   """
-  from progae_jax import checkpoint as ckpt_lib
-  from progae_jax import data as data_lib
-  from progae_jax import plots
-  data_lib = data_module or data_lib
+  if data_module is None:
+    from progae_jax import data as data_module
+  run = _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images)
+  try:
+    _resume_or_start(run, restart)
+    while (phase := phase_at(run.plan, run.images_seen)) is not None:
+      if not _train_phase(run, phase):
+        return _stopped(run)
+      if run.stop_reached():
+        break
+  finally:
+    if run.bar is not None:
+      run.bar.close()
+    run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
+  return _finish(run)
 
+
+def _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images) -> _Run:
+  """Checks the config against the devices and the data, then opens the checkpoints."""
   plan = phases(config)
   mesh = mesh or parallel.make_mesh()
   for p in plan:
     parallel.check_batch_size(p.batch_size, mesh)
-  spec = data_lib.dataset_info(config.dataset, data_dir=config.data_dir, **config.dataset_options)
+  _check_dataset(config, data_module)
+  os.makedirs(workdir, exist_ok=True)
+  main = parallel.is_main_process()
+  if main:
+    print(f"training on {mesh.devices.size} {jax.devices()[0].platform.upper()} device(s) "
+          f"x {jax.process_count()} process(es); each batch is split over them")
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  if restart and ckpt.steps() and main:
+    print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
+          f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
+          "and the pictures are overwritten as phases end")
+  optimizer = make_optimizer(plan[0].learning_rate)
+  return _Run(config, workdir, plan, mesh, data_module, optimizer,
+              make_train_step(config, optimizer, mesh), make_eval_step(config, mesh),
+              ckpt, main, progress, stop_after_images)
+
+
+def _check_dataset(config: TrainConfig, data_module) -> None:
+  spec = data_module.dataset_info(config.dataset, data_dir=config.data_dir,
+                                  **config.dataset_options)
   if spec.channels != config.model.image_channels:
     raise ValueError(f"dataset {config.dataset!r} has {spec.channels} channel(s) but the model "
                      f"expects image_channels={config.model.image_channels}")
@@ -351,18 +310,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
     raise ValueError(f"dataset {config.dataset!r} is {spec.native_resolution}x"
                      f"{spec.native_resolution}, below max_resolution="
                      f"{config.model.max_resolution}")
-  os.makedirs(workdir, exist_ok=True)
-  main = parallel.is_main_process()
-  if main:
-    print(f"training on {mesh.devices.size} {jax.devices()[0].platform.upper()} device(s) "
-          f"x {jax.process_count()} process(es); each batch is split over them")
-  optimizer = make_optimizer(plan[0].learning_rate)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  if restart and ckpt.steps() and main:
-    print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
-          f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
-          "and the pictures are overwritten as phases end")
-  images_seen, data_state, data_phase, restored_seconds = 0, None, None, 0.0
+
+
+def _resume_or_start(run: _Run, restart: bool) -> None:
+  """The latest checkpoint's state and position (its config must agree with this run's), or
+  a fresh 4x4 state at 0 images; then the held-out images, the clock, the metrics file."""
+  config, ckpt, seconds = run.config, run.ckpt, 0.0
   if ckpt.steps() and not restart:
     meta = ckpt.read_meta()
     diffs = ckpt_lib.config_differences(meta["config"], config.to_dict())
@@ -371,117 +324,153 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
           f"the checkpoint in {ckpt.directory} contradicts this run's config:\n  " +
           "\n  ".join(diffs) + "\n(use another --workdir, or --restart to start afresh)")
     stage = Stage(meta["resolution"], meta["phase"] == "fade")
-    restored = ckpt.restore(None, abstract_state(config, stage, optimizer, mesh))
-    state, images_seen = restored.state, restored.meta["images_seen"]
-    data_state, data_phase = restored.data_state, restored.meta["phase_index"]
-    restored_seconds = restored.meta.get("train_seconds", 0.0)
-    if main:
-      print(f"resuming {workdir} at {images_seen:,} images ({stage})")
+    restored = ckpt.restore(None, abstract_state(config, stage, run.optimizer, run.mesh))
+    run.state, run.images_seen = restored.state, restored.meta["images_seen"]
+    if restored.data_state is not None:
+      run.resume_data = (restored.meta["phase_index"], restored.data_state)
+    seconds = restored.meta.get("train_seconds", 0.0)
+    if run.main:
+      print(f"resuming {run.workdir} at {run.images_seen:,} images ({stage})")
   else:
-    if restart:
-      for step in ckpt.steps():  # A fresh run must not resume from the old one's checkpoints.
-        ckpt._manager.delete(step)
-    state = init_state(config, optimizer, mesh)
-  metrics_log = _Metrics(workdir, images_seen if images_seen else None)
-  train_step = make_train_step(config, optimizer, mesh)
-  eval_step = make_eval_step(config, mesh)
-  held_out_full = data_lib.eval_images(config.dataset, resolution=config.model.max_resolution,
-                                       count=config.eval_images, data_dir=config.data_dir,
-                                       **config.dataset_options)
-  clock = _TrainClock(restored_seconds)
-  total = plan[-1].end
-  bar = _progress_bar(total, images_seen, enabled=main and progress)
-  pictures, summary, last_eval = [], [], None
-  try:
-    while (phase := phase_at(plan, images_seen)) is not None:
-      state = move_to_phase(state, phase, config, optimizer, mesh)
-      stage = stage_of(state["params"])
-      iterator = data_lib.batches(
-          config.dataset, split="train", resolution=phase.resolution,
-          batch_size=phase.batch_size, seed=config.seed * 1009 + phase.index,
-          data_dir=config.data_dir, shard_index=jax.process_index(),
-          shard_count=jax.process_count(), **config.dataset_options)
-      if data_state is not None and data_phase == phase.index and images_seen > phase.start:
-        iterator.set_state(ckpt_lib.decode_iterator_state(data_state, iterator))
-      data_state = None
-      held_out = to_resolution(held_out_full, phase.resolution)  # for the pictures
+    ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
+    run.state = init_state(config, run.optimizer, run.mesh)
+  run.log = MetricsLog(run.workdir, run.images_seen or None)
+  run.held_out = run.data.eval_images(
+      config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
+      data_dir=config.data_dir, **config.dataset_options)
+  run.clock = _TrainClock(seconds)
+  run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
 
-      def evaluate(alpha: float) -> tuple[dict, np.ndarray]:
-        with clock.paused(state):
-          result, recon = _evaluate(eval_step, state, held_out_full, alpha, mesh)
-        result.update(kind="eval", images_seen=images_seen, resolution=phase.resolution,
-                      phase="fade" if phase.fading else "stable", alpha=alpha,
-                      train_seconds=clock.seconds())
-        metrics_log.write(result)
-        return result, recon
 
-      pending, phase_t0, window_t0, window_images = [], time.perf_counter(), time.perf_counter(), 0
-      last_train = None
-      while images_seen < phase.end:
-        alpha = alpha_at(phase, images_seen, config.alpha_ramp)
-        batch = parallel.global_batch(next(iterator), mesh)
-        state, metrics = train_step(state, batch, np.float32(alpha))
-        pending.append((images_seen, alpha, metrics))
-        before, images_seen = images_seen, images_seen + phase.batch_size
-        window_images += phase.batch_size
-        bar.update(phase.batch_size)
-        at_end = images_seen >= phase.end
-        crossed = lambda every: images_seen // every > before // every
-        stopping = stop_after_images is not None and images_seen >= stop_after_images
-        if len(pending) >= config.log_every_steps or at_end or stopping or crossed(
-            config.eval_every_images) or crossed(config.checkpoint_every_images):
-          records = _flush(pending, state, phase)
-          pending = []
-          _check_finite(records, stage)
-          rate = window_images / max(time.perf_counter() - window_t0, 1e-9)
-          window_t0, window_images = time.perf_counter(), 0
-          last_train = records[-1]
-          for r in records[:-1]:
-            metrics_log.write(r)
-          records[-1]["train_seconds"] = clock.seconds()
-          metrics_log.write(dict(records[-1], images_per_s=rate))
-          bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last_train['loss']:.4f} "
-                              f"psnr={last_train['psnr']:.1f}dB")
-        if not at_end and crossed(config.eval_every_images):
-          last_eval, _ = evaluate(alpha)
-        if not at_end and (crossed(config.checkpoint_every_images) or stopping):
-          with clock.paused(state):
-            ckpt.save(images_seen, state, _metadata(config, state, phase, clock), iterator)
-        if stopping and not at_end:
-          bar.close()
-          ckpt.close()
-          if main:
-            print(f"stopped at {images_seen:,} images, checkpoint saved in {ckpt.directory}; "
-                  "run the same command again to resume")
-          return RunResult(images_seen, last_eval, pictures, None, summary, state)
+def _phase_batches(run: _Run, phase: Phase) -> Iterator:
+  """The phase's training batches (this process's rows), at the resumed position if any."""
+  config = run.config
+  iterator = run.data.batches(
+      config.dataset, split="train", resolution=phase.resolution,
+      batch_size=phase.batch_size, seed=config.seed * 1009 + phase.index,
+      data_dir=config.data_dir, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), **config.dataset_options)
+  if run.resume_data is not None:
+    phase_index, position = run.resume_data
+    if phase_index == phase.index and run.images_seen > phase.start:
+      iterator.set_state(ckpt_lib.decode_iterator_state(position, iterator))
+    run.resume_data = None
+  return iterator
 
-      # End of the phase: evaluate at its final alpha, save pictures, checkpoint.
-      last_eval, recon = evaluate(1.0)
-      if main:
-        pictures.append(_save_grid(plots, workdir, held_out, recon, phase))
-      with clock.paused(state):
-        ckpt.save(images_seen, state, _metadata(config, state, phase, clock), iterator,
-                  psnr=last_eval["psnr"])
-      summary.append({"phase": phase.name, "images": phase.end - phase.start,
+
+def _train_phase(run: _Run, phase: Phase) -> bool:
+  """Grows the state to the phase's stage and trains to the phase's end (then `_end_phase`).
+
+  Returns False when the run stopped inside the phase (after checkpointing there).
+  """
+  config, t0, last_train = run.config, time.perf_counter(), None
+  run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh)
+  iterator, window = _phase_batches(run, phase), _Window()
+  while run.images_seen < phase.end:
+    before = run.images_seen
+    alpha = alpha_at(phase, before, config.alpha_ramp)
+    batch = parallel.global_batch(next(iterator), run.mesh)
+    run.state, metrics = run.train_step(run.state, batch, np.float32(alpha))
+    window.pending.append((before, alpha, metrics))
+    window.images += phase.batch_size
+    run.images_seen += phase.batch_size
+    run.bar.update(phase.batch_size)
+    due = _due(run, phase, before, len(window.pending))
+    if due.log:
+      last_train, window = _log_window(run, phase, window, alpha), _Window()
+    if due.evaluate:
+      run.last_eval, _ = _evaluate_now(run, phase, alpha)
+    if due.checkpoint:
+      _save(run, phase, iterator)
+    if due.stop:
+      return False
+  _end_phase(run, phase, iterator, last_train, t0)
+  return True
+
+
+def _due(run: _Run, phase: Phase, before: int, window_steps: int) -> _Due:
+  """After the step from `before` to `run.images_seen` images: what is due now. Evaluations
+  and checkpoints fall where their period is crossed; `_end_phase` does both at a phase's end."""
+  config, after = run.config, run.images_seen
+  crossed = lambda every: after // every > before // every
+  at_end = after >= phase.end
+  evaluate = crossed(config.eval_every_images)
+  checkpoint = crossed(config.checkpoint_every_images) or run.stop_reached()
+  return _Due(log=window_steps >= config.log_every_steps or at_end or evaluate or checkpoint,
+              evaluate=evaluate and not at_end, checkpoint=checkpoint and not at_end,
+              stop=run.stop_reached() and not at_end)
+
+
+def _log_window(run: _Run, phase: Phase, window: _Window, alpha: float) -> dict:
+  """Brings the window's step metrics to the host, checks them, writes them; the last record
+  also carries the training time and the window's speed. Returns that last record."""
+  records = _flush(window.pending, run.state, phase)
+  _check_finite(records, stage_of(run.state["params"]))
+  rate = window.images / max(time.perf_counter() - window.t0, 1e-9)
+  for r in records[:-1]:
+    run.log.write(r)
+  last = records[-1]
+  last["train_seconds"] = run.clock.seconds()
+  run.log.write(dict(last, images_per_s=rate))
+  run.bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last['loss']:.4f} "
+                          f"psnr={last['psnr']:.1f}dB")
+  return last
+
+
+def _evaluate_now(run: _Run, phase: Phase, alpha: float) -> tuple[dict, np.ndarray]:
+  """Held-out metrics at `alpha`, logged; the clock is paused meanwhile."""
+  with run.clock.paused(run.state):
+    result, recon = _evaluate(run.eval_step, run.state, run.held_out, alpha, run.mesh)
+  result.update(kind="eval", images_seen=run.images_seen, resolution=phase.resolution,
+                phase="fade" if phase.fading else "stable", alpha=alpha,
+                train_seconds=run.clock.seconds())
+  run.log.write(result)
+  return result, recon
+
+
+def _save(run: _Run, phase: Phase, iterator, psnr: float | None = None) -> None:
+  with run.clock.paused(run.state):
+    meta = checkpoint_meta(run.config, run.state, phase, run.clock.seconds())
+    run.ckpt.save(run.images_seen, run.state, meta, iterator, psnr=psnr)
+
+
+def _end_phase(run: _Run, phase: Phase, iterator, last_train: dict | None, t0: float) -> None:
+  """Evaluates at the phase's final alpha, saves its pictures, checkpoints (ranked by PSNR)."""
+  run.last_eval, recon = _evaluate_now(run, phase, 1.0)
+  if run.main:
+    from progae_jax import plots
+    held_out = to_resolution(run.held_out, phase.resolution)
+    run.pictures.append(_save_grid(plots, run.workdir, held_out, recon, phase))
+  _save(run, phase, iterator, psnr=run.last_eval["psnr"])
+  run.summary.append({"phase": phase.name, "images": phase.end - phase.start,
                       "train_loss": last_train["loss"] if last_train else float("nan"),
-                      "eval_psnr": last_eval["psnr"], "eval_ssim": last_eval["ssim"],
-                      "seconds": time.perf_counter() - phase_t0})
-      if stop_after_images is not None and images_seen >= stop_after_images:
-        break
-  finally:
-    bar.close()
-    ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
+                      "eval_psnr": run.last_eval["psnr"], "eval_ssim": run.last_eval["ssim"],
+                      "seconds": time.perf_counter() - t0})
 
+
+def _stopped(run: _Run) -> RunResult:
+  """A run stopped inside a phase, its checkpoint written once the Checkpointer closes."""
+  run.bar.close()
+  run.ckpt.close()
+  if run.main:
+    print(f"stopped at {run.images_seen:,} images, checkpoint saved in {run.ckpt.directory}; "
+          "run the same command again to resume")
+  return RunResult(run.images_seen, run.last_eval, run.pictures, None, run.summary, run.state)
+
+
+def _finish(run: _Run) -> RunResult:
+  """The curves of the whole run and, with progress on, its summary table."""
   curves = None
-  if main:
-    records = _Metrics.read(metrics_log.path)
-    boundaries = [(p.start, p.name) for p in plan if p.start > 0]
-    curves = plots.save_curves(os.path.join(workdir, "curves.png"),
+  if run.main:
+    from progae_jax import plots
+    records = run.log.read()
+    boundaries = [(p.start, p.name) for p in run.plan if p.start > 0]
+    curves = plots.save_curves(os.path.join(run.workdir, "curves.png"),
                                [r for r in records if r["kind"] == "train"],
                                [r for r in records if r["kind"] == "eval"], boundaries)
-    if progress:
-      _print_summary(summary, last_eval, pictures, curves)
-  return RunResult(images_seen, last_eval, pictures, curves, summary, state)
+    if run.progress:
+      _print_summary(run.summary, run.last_eval, run.pictures, curves)
+  return RunResult(run.images_seen, run.last_eval, run.pictures, curves, run.summary, run.state)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -1,4 +1,4 @@
-"""Scale-out (issue 6): data parallel over devices, two processes over jax.distributed, bf16.
+"""Scale-out: data parallel over devices, two processes over jax.distributed, bf16.
 
 What is proved here, on CPU:
 
@@ -70,15 +70,13 @@ def flat_params(tree) -> dict:
 
 
 def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
-  """One process, 4 CPU devices: train, grow on device, FSDP switch, batch-size error."""
+  """One process, 4 CPU devices: train, grow on device, batch-size error."""
   import dataclasses
-  import functools
 
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
-  from progae_jax import data, parallel, train
+  from progae_jax import parallel, train, train_state
   from progae_jax.schedule import StageSchedule
 
   assert jax.device_count() == 4, jax.devices()
@@ -110,12 +108,12 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
   np.savez(os.path.join(out, "params4.npz"), **flat_params(result.state["params"]))
 
   # Growth makes the new tree on the devices, already placed: no host transfer at all.
-  optimizer = train.make_optimizer(1e-3)
-  state = train.init_state(config, optimizer, mesh)
+  optimizer = train_state.make_optimizer(1e-3)
+  state = train_state.init_state(config, optimizer, mesh)
   jax.block_until_ready(state)
   with jax.transfer_guard("disallow"):
-    grown = train.advance_state(state, config, optimizer, mesh)
-    stable = train.advance_state(grown, config, optimizer, mesh)
+    grown = train_state.advance_state(state, config, optimizer, mesh)
+    stable = train_state.advance_state(grown, config, optimizer, mesh)
     jax.block_until_ready(stable)
   report["grown_leaves"] = [len(jax.tree_util.tree_leaves(t["params"]))
                             for t in (grown, stable)]
@@ -124,30 +122,6 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
       and len(x.sharding.device_set) == 4
       for t in (grown, stable) for x in jax.tree_util.tree_leaves(t))
 
-  # The FSDP switch: the same train step with large leaves split over "data".
-  it = data.batches("digits", resolution=4, batch_size=16, seed=3, data_dir=data_dir)
-  batches = [parallel.global_batch(next(it), mesh) for _ in range(3)]
-  step = functools.partial(train._train_step, model=config.model, optimizer=optimizer,
-                           ema_decay=config.ema_decay, compute_dtype=jnp.float32, mesh=mesh)
-  start = train.init_state(config, optimizer, mesh)
-  host_start = jax.device_get(start)
-  shardings = parallel.state_shardings(start, mesh, shard_min_size=256)
-  rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  fsdp_step = jax.jit(lambda s, b, a: (lambda n, m: (parallel.constrain_state(
-      n, mesh, 256), m))(*step(s, b, a)), in_shardings=(shardings, dat, rep),
-      out_shardings=(shardings, rep))
-  plain_step = train.make_train_step(config, optimizer, mesh)
-  s_fsdp = jax.device_put(host_start, shardings)
-  s_plain = jax.device_put(host_start, parallel.state_sharding(mesh))
-  for b in batches:
-    s_fsdp, _ = fsdp_step(s_fsdp, b, np.float32(1.0))
-    s_plain, _ = plain_step(s_plain, b, np.float32(1.0))
-  sharded = [jax.tree_util.keystr(p) for p, x in
-             jax.tree_util.tree_flatten_with_path(s_fsdp["params"])[0]
-             if not x.sharding.is_fully_replicated]
-  report["fsdp_sharded_leaves"] = sharded
-  a, b = flat_params(s_fsdp["params"]), flat_params(s_plain["params"])
-  report["fsdp_max_diff"] = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
   with open(os.path.join(out, "four_devices.json"), "w") as f:
     json.dump(report, f)
 
@@ -265,7 +239,7 @@ if __name__ != "__main__":
   import numpy as np
   import pytest
 
-  from progae_jax import checkpoint, data, parallel, train
+  from progae_jax import checkpoint, data, parallel, train, train_state
 
   @pytest.fixture(scope="module")
   def data_dir(tmp_path_factory):
@@ -361,11 +335,6 @@ if __name__ != "__main__":
     assert r["mesh_of_2"] == 2
     assert "asked for 5 devices per process" in r["too_many_devices"]
 
-  def test_fsdp_switch_shards_large_leaves_and_trains_the_same(runs):
-    r = runs["reports"]["four_devices"]
-    assert r["fsdp_sharded_leaves"], "no leaf was sharded: the switch did nothing"
-    assert r["fsdp_max_diff"] < 1e-5
-
   # ----------------------------------------------------------------- two processes, 2 each
 
   def test_two_processes_match_single_process_through_growth_checkpoint_restore(runs):
@@ -390,8 +359,8 @@ if __name__ != "__main__":
     import orbax.checkpoint as ocp
     from progae_jax.model import stage_of
     config = runs["config"]
-    abstract = train.abstract_state(config, stage_of(runs["ref"].state["params"]),
-                                    train.make_optimizer(), parallel.make_mesh())
+    abstract = train_state.abstract_state(config, stage_of(runs["ref"].state["params"]),
+                                          train_state.make_optimizer(), parallel.make_mesh())
     with ocp.StandardCheckpointer() as ckptr:
       state = ckptr.restore(os.path.join(final, "state"), abstract)
     assert int(state["step"]) == int(runs["ref"].state["step"]) == 8
@@ -435,8 +404,8 @@ if __name__ != "__main__":
     losses = {}
     for dtype in ("float32", "bfloat16"):
       config = dataclasses.replace(base, compute_dtype=dtype)
-      optimizer = train.make_optimizer(3e-3)
-      state = train.init_state(config, optimizer, mesh)
+      optimizer = train_state.make_optimizer(3e-3)
+      state = train_state.init_state(config, optimizer, mesh)
       step = train.make_train_step(config, optimizer, mesh)
       hlo = step.lower(state, parallel.global_batch(batches[0], mesh), np.float32(1)).as_text()
       assert ("bf16" in hlo) == (dtype == "bfloat16")  # The convolutions really are bf16.

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from progae_jax import ModelConfig, data, stage_of, train
-from progae_jax.schedule import StageSchedule, TrainConfig, phases
+from progae_jax import (ModelConfig, apply, checkpoint, data, downsample, parallel, stage_of,
+                        train, train_state)
+from progae_jax.schedule import StageSchedule, TrainConfig, alpha_at, phases
 
 TINY = ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8}, latent_dim=8)
 
@@ -32,6 +33,8 @@ class _Recording:
 
   def __init__(self, poison_at=None):
     self.fetches, self.poison_at, self.served = [], poison_at, 0
+    self.served_batches = []  # Every batch served, in order.
+    self.alphas = []  # The alpha of every train step, as the step received it.
 
   def dataset_info(self, *a, **k):
     return data.dataset_info(*a, **k)
@@ -49,6 +52,7 @@ class _Recording:
         outer.served += 1
         if outer.poison_at is not None and outer.served > outer.poison_at:
           batch = np.full_like(batch, np.nan)
+        outer.served_batches.append(batch)
         return batch
 
       def get_state(self):
@@ -64,17 +68,31 @@ class _Recording:
 def run(data_dir, tmp_path_factory):
   """One two-stage run (4x4 stable -> 8x8 fade -> 8x8 stable), shared by the tests below."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = _config(data_dir)
+  config = _config(data_dir, keep_checkpoints=3)  # Every phase end's checkpoint stays.
   recorder = _Recording()
   handler = _CompileLog()
   logging.getLogger("jax").addHandler(handler)
   jax.config.update("jax_log_compiles", True)
   try:
-    result = train.train_and_evaluate(config, workdir, progress=False, data_module=recorder)
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(train, "make_train_step", _alpha_noting(train.make_train_step, recorder))
+      result = train.train_and_evaluate(config, workdir, progress=False, data_module=recorder)
   finally:
     jax.config.update("jax_log_compiles", False)
     logging.getLogger("jax").removeHandler(handler)
   return config, workdir, result, recorder, handler.train_step_compiles
+
+
+def _alpha_noting(make_train_step, recorder):
+  """`make_train_step` whose steps note, in `recorder.alphas`, the alpha they are given."""
+  def make(*args, **kwargs):
+    step = make_train_step(*args, **kwargs)
+
+    def noting(state, batch, alpha):
+      recorder.alphas.append(float(alpha))
+      return step(state, batch, alpha)
+    return noting
+  return make
 
 
 class _CompileLog(logging.Handler):
@@ -112,6 +130,30 @@ def test_growth_happens_at_the_scheduled_image_counts(run):
                                              "fade" if phase.fading else "stable")
     if phase.fading:
       assert r["alpha"] == pytest.approx((start - phase.start) / (phase.end - phase.start))
+
+
+def test_every_step_is_given_the_schedules_alpha(run):
+  config, _, _, recorder, _ = run
+  want = [alpha_at(p, seen, config.alpha_ramp)
+          for p in phases(config) for seen in range(p.start, p.end, p.batch_size)]
+  assert sorted(set(want))[:2] == [0.0, 0.125]  # The fade's alphas, not just 1.
+  assert recorder.alphas == pytest.approx(want, abs=1e-7)
+
+
+def test_the_fade_starts_where_the_old_stage_ended(run):
+  """The first step after growth (alpha 0) has exactly the loss the old 4x4 model has on the
+  same batch: the grown model computes what the old one did, on the faded target."""
+  config, workdir, _, recorder, _ = run
+  fade = phases(config)[1]
+  old, meta = checkpoint.restore(workdir, step=fade.start)
+  assert (meta["resolution"], meta["phase"]) == (4, "stable")
+  batch = recorder.served_batches[fade.start // fade.batch_size]  # The fade's first batch, 8x8.
+  small = downsample(batch)
+  old_loss = float(np.mean((np.asarray(apply(config.model, old["params"], small)[0]) - small) ** 2))
+  first = next(r for r in _records(workdir, "train")
+               if r["images_seen"] == fade.start + fade.batch_size)
+  assert (first["resolution"], first["phase"], first["alpha"]) == (8, "fade", 0.0)
+  assert first["loss"] == pytest.approx(old_loss, rel=1e-5)
 
 
 def test_ema_and_optimizer_state_were_grown(run):
@@ -171,7 +213,6 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_saved_checkpoint(data_dir
   poisoned = _Recording(poison_at=10)  # batch 11 (8x8 fade, step 11) is all NaN
   with pytest.raises(train.NonFiniteLossError, match=r"step 11 .*8x8 fade, alpha 0\.25"):
     train.train_and_evaluate(config, str(tmp_path), progress=False, data_module=poisoned)
-  from progae_jax import checkpoint
   state, meta = checkpoint.restore(str(tmp_path))
   assert meta["images_seen"] <= 10 * 32
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state["params"]))
@@ -190,16 +231,16 @@ def test_dataset_and_model_must_agree(data_dir, tmp_path):
 
 def test_reset_policy_zeroes_adam_moments_at_growth(data_dir):
   config = _config(data_dir, optimizer_on_growth="reset")
-  mesh = train.parallel.make_mesh()
-  opt = train.make_optimizer()
-  state = train.init_state(config, opt, mesh)
+  mesh = parallel.make_mesh()
+  opt = train_state.make_optimizer()
+  state = train_state.init_state(config, opt, mesh)
   state = jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x, state)
-  grown = train.advance_state(state, config, opt, mesh)
+  grown = train_state.advance_state(state, config, opt, mesh)
   mu = grown["opt_state"].inner_state[0].mu
   assert all(not np.any(x) for x in jax.tree_util.tree_leaves(mu))
-  carried = train.advance_state(
+  carried = train_state.advance_state(
       jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x,
-                             train.init_state(_config(data_dir), opt, mesh)),
+                             train_state.init_state(_config(data_dir), opt, mesh)),
       _config(data_dir), opt, mesh)
   assert np.all(carried["opt_state"].inner_state[0].mu["encoder"]["block_4"]["conv1"]["bias"] == 1)
 
@@ -212,9 +253,10 @@ def _bumped(state):
                                                        ("carry", False)])
 def test_the_fade_end_resets_adam_only_with_reset_twice(data_dir, policy, reset_at_fade_end):
   config = _config(data_dir, optimizer_on_growth=policy)
-  mesh, opt = train.parallel.make_mesh(), train.make_optimizer()
-  fading = train.advance_state(train.init_state(config, opt, mesh), config, opt, mesh)
-  stable = train.advance_state(_bumped(fading), config, opt, mesh)
+  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
+  fading = train_state.advance_state(train_state.init_state(config, opt, mesh), config, opt,
+                                     mesh)
+  stable = train_state.advance_state(_bumped(fading), config, opt, mesh)
   assert str(stage_of(stable["params"])) == "8x8 stable"
   mu = jax.tree_util.tree_leaves(stable["opt_state"].inner_state[0].mu)
   assert all(not np.any(x) for x in mu) if reset_at_fade_end else all(np.all(x == 1) for x in mu)
@@ -233,12 +275,12 @@ def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
 
 def test_microbatches_give_the_same_step(data_dir):
   config = _config(data_dir)
-  mesh, opt = train.parallel.make_mesh(), train.make_optimizer()
-  batch = train.parallel.global_batch(
+  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
+  batch = parallel.global_batch(
       next(data.batches("digits", resolution=4, batch_size=32, seed=1, data_dir=data_dir)), mesh)
   results = []
   for microbatches in (1, 4):
-    state = train.init_state(config, opt, mesh)
+    state = train_state.init_state(config, opt, mesh)
     step = train.make_train_step(config, opt, mesh, microbatches=microbatches)
     for _ in range(2):
       state, metrics = step(state, batch, np.float32(1.0))

@@ -1,0 +1,143 @@
+"""The train state of a progressive run: made at 4x4, grown phase by phase, described for Orbax.
+
+The state is a plain dict of arrays (what Orbax saves and `NamedSharding` places):
+
+    {"params": ..., "opt_state": ..., "ema": ... (optional), "step": int32[], "rng": uint32[2]}
+
+The stage and phase are not stored beside it: they are the shape of `params` (`stage_of`).
+Every change of stage goes one step along the same road,
+
+    init_state (4x4 stable) -> advance_state -> 8x8 fade -> advance_state -> 8x8 stable -> ...
+
+and `grow_to` walks it to a given stage: `move_to_phase` does so on the devices before each
+phase, `abstract_state` under `jax.eval_shape` to describe a checkpoint's target without
+computing anything. Growth to a resolution always draws from the same key, so a resumed run
+grows exactly as the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from progae_jax import parallel
+from progae_jax.config import MIN_RESOLUTION, ModelConfig
+from progae_jax.growth import finish_fade, grow, grow_opt_state
+from progae_jax.model import Stage, init_params, stage_of
+from progae_jax.schedule import Phase, TrainConfig
+
+State = dict[str, Any]
+
+
+def make_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
+  """Adam with its learning rate injected into the state, so each stage can set its own
+  without recompiling the train step."""
+  return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def set_learning_rate(state: State, learning_rate: float) -> State:
+  """The same state with Adam's injected learning rate replaced (same shape: no recompile)."""
+  opt_state = state["opt_state"]
+  old = opt_state.hyperparams["learning_rate"]
+  new = jax.device_put(jnp.asarray(learning_rate, old.dtype), old.sharding)
+  hyperparams = dict(opt_state.hyperparams, learning_rate=new)
+  return dict(state, opt_state=opt_state._replace(hyperparams=hyperparams))
+
+
+def _rng_for(state: State, resolution: int) -> jax.Array:
+  """Growth to `resolution` always draws from the same key: a resumed run grows the same."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), resolution)
+
+
+def _init_state(config: TrainConfig, optimizer) -> State:
+  key = jax.random.key(config.seed)
+  params = init_params(config.model, MIN_RESOLUTION, jax.random.fold_in(key, MIN_RESOLUTION))
+  state = {"params": params, "opt_state": optimizer.init(params),
+           "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(key)}
+  if config.ema_decay is not None:
+    state["ema"] = params
+  return state
+
+
+def init_state(config: TrainConfig, optimizer, mesh) -> State:
+  """The 4x4 state, computed on the devices and placed by the mesh (no host round trip)."""
+  sharding = parallel.state_sharding(mesh)
+  return jax.jit(functools.partial(_init_state, config, optimizer), out_shardings=sharding)()
+
+
+def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> State:
+  stage = stage_of(state["params"])
+  if stage.fading:
+    change = finish_fade
+  else:
+    rng = _rng_for(state, stage.resolution * 2)
+    change = lambda p: grow(p, model, rng)
+  new = dict(state, params=change(state["params"]))
+  # The optimizer state follows the parameters. `reset` empties Adam's moments at growth
+  # only; `reset_twice` (ProGAN's choice) also when the fade ends and the adapters go.
+  reset = policy == "reset_twice" or (policy == "reset" and not stage.fading)
+  new["opt_state"] = grow_opt_state(state["opt_state"], optimizer, new["params"],
+                                    policy="reset" if reset else "carry")
+  if "ema" in state:
+    new["ema"] = change(state["ema"])
+  return new
+
+
+def advance_state(state: State, config: TrainConfig, optimizer, mesh) -> State:
+  """Grows (stable -> next fade) or finishes the fade (fade -> stable), one step along.
+
+  Runs under `jax.jit` with the mesh's shardings as output, so the grown tree is created on
+  the devices, already placed, without a trip through the host.
+  """
+  fn = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
+                         policy=config.optimizer_on_growth)
+  return jax.jit(fn, out_shardings=parallel.state_sharding(mesh), donate_argnums=0)(state)
+
+
+def _order(stage: Stage) -> tuple[int, bool]:
+  """Stages in the order growth visits them: 8x8 fade before 8x8 stable before 16x16 fade."""
+  return stage.resolution, not stage.fading
+
+
+def _walk_to(state: State, target: Stage, step: Callable[[State], State]) -> State:
+  """Applies `step` (one stage along) until the state is at `target`; never goes back."""
+  while (stage := stage_of(state["params"])) != target:
+    if _order(stage) > _order(target):
+      raise ValueError(f"the state is at {stage}, past {target}")
+    state = step(state)
+  return state
+
+
+def grow_to(state: State, target: Stage, config: TrainConfig, optimizer, mesh) -> State:
+  """The state grown (on the devices, as training grows it) until its stage is `target`."""
+  return _walk_to(state, target, lambda s: advance_state(s, config, optimizer, mesh))
+
+
+def move_to_phase(state: State, phase: Phase, config: TrainConfig, optimizer, mesh) -> State:
+  """Changes the tree until its stage is the phase's, then sets the phase's learning rate."""
+  state = grow_to(state, Stage(phase.resolution, phase.fading), config, optimizer, mesh)
+  return set_learning_rate(state, phase.learning_rate)
+
+
+def abstract_state(config: TrainConfig, stage: Stage, optimizer, mesh) -> State:
+  """Shapes, dtypes and shardings of the state at `stage`, from `jax.eval_shape` (no FLOPs):
+  the target a checkpoint of that stage is restored into."""
+  grow_once = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
+                                policy=config.optimizer_on_growth)
+  build = lambda: _walk_to(_init_state(config, optimizer), stage, grow_once)
+  sharding = parallel.state_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(build))
+
+
+def checkpoint_meta(config: TrainConfig, state: State, phase: Phase,
+                    train_seconds: float = 0.0) -> dict:
+  """What a checkpoint of `state` records beside its arrays: its stage, the phase it was saved
+  in, the training time so far and the whole config (from which its target is rebuilt)."""
+  stage = stage_of(state["params"])
+  return {"resolution": stage.resolution, "phase": stage.phase, "phase_index": phase.index,
+          "train_seconds": train_seconds, "config": config.to_dict()}
