@@ -45,6 +45,8 @@ PAGES = ["README.md"] + sorted(os.path.relpath(p, REPO)
 # Pages whose ```python blocks are executed (the others are compiled and name-checked).
 RUN_PYTHON_OF = ["README.md"]
 README_LIMIT_BYTES = 20_000
+# Where a bare file name in a page (`growth.py`, `show_growth.py`) may live.
+SOURCE_DIRS = ("progae_jax", "experiments", "benchmarks", "tests", ".")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +362,33 @@ def test_every_python_block_compiles_and_names_what_progae_jax_has(page):
     tree = ast.parse(text, filename=f"{page}:{first}")
     missing = [f"{m}.{a}" for m, a in _progae_names(tree) if not _has(m, a)]
     assert not missing, f"{page}:{first}: progae_jax has no {missing}"
+
+
+def _progae_modules() -> set[str]:
+  import pkgutil
+  import progae_jax
+  return {m.name for m in pkgutil.iter_modules(progae_jax.__path__)}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_function_and_file_named_in_the_text_exists(page):
+  """`train.make_train_step`, `parallel.global_batch()`, `progae_jax/growth.py`, ...: the
+  names a page gives in inline code are the code's names."""
+  modules, missing = _progae_modules(), []
+  for code in inline(page, "code_inline"):
+    text = code.content.strip()
+    name = re.fullmatch(r"(?:progae_jax\.)?(\w+)\.([\w.]+?)(?:\(.*\))?", text)
+    if re.fullmatch(r"\w+\.(py|sh|ipynb)", text):  # A file of the module map or a script.
+      if not any(os.path.exists(os.path.join(REPO, d, text)) for d in SOURCE_DIRS):
+        missing.append(text)
+    elif name and name.group(1) in modules:
+      if not _has(f"progae_jax.{name.group(1)}", name.group(2)):
+        missing.append(text)
+    elif re.fullmatch(r"(progae_jax|experiments|benchmarks|tests|docs)/[\w./-]+", text) and \
+        not re.search(r"/[A-Z_]+[/.]", text):  # NAME-like parts are placeholders.
+      if not os.path.exists(os.path.join(REPO, text)):
+        missing.append(text)
+  assert not missing, f"{page} names what the repository does not have: {missing}"
 
 
 def test_the_readme_printout_is_what_show_growth_prints():
