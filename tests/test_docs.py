@@ -10,9 +10,11 @@ Mechanical, so that a page and the code cannot drift apart unnoticed:
 * commands in inline code (`progae train --restart`) are often fragments: their subcommand
   and every --flag must exist;
 * the Python blocks of the pages in RUN_PYTHON_OF run as written, each page's blocks in order
-  in one namespace, in a fresh directory; a block that trains gets a tiny model and a few
-  images (`train_and_evaluate` shrinks the config it is given). Python blocks of the other
-  pages must compile and name only what progae_jax has;
+  in one namespace, in a fresh directory; a block that trains gets a tiny model, a few images
+  and a stop after 4x4 (`train.train_and_evaluate` shrinks the config it is given). Every
+  page's Python blocks must compile and name only what progae_jax has;
+* names in inline code (`train.make_train_step`, `progae_jax/growth.py`, `show_growth.py`)
+  exist in the code;
 * the growth printout in the README is the real output of experiments/show_growth.py;
 * links and pictures resolve inside the repository (anchors included), nothing refers to
   files outside it, and the README stays a front page (under 20 KB).
