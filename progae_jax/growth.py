@@ -105,7 +105,7 @@ def grow_opt_state(opt_state: Any, optimizer: optax.GradientTransformation, new_
   Their first updates are then several times Adam's usual step (about 3-6x the learning rate
   over the first hundreds of steps with b2 = 0.999). A learning rate that is fine for a
   stage trained from scratch can diverge late in the fade; the presets use a lower one
-  after 4x4 (see the README), or use "reset".
+  after 4x4 (see docs/results.md), or use "reset".
   """
   if policy not in ("carry", "reset"):
     raise ValueError(f"policy must be 'carry' or 'reset', got {policy!r}")
