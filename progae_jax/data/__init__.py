@@ -33,11 +33,13 @@ One module per concern, in the order a batch is made:
 from progae_jax.data.builtin import BUILTIN_DATASETS, PATCH_PHOTOS, Digits, ImagePatches
 from progae_jax.data.convert import CACHE_LIMIT_BYTES, clear_cache
 from progae_jax.data.errors import DataError, DatasetNotPreparedError, UnknownDatasetError
+from progae_jax.data.folder import is_folder
 from progae_jax.data.pipeline import batches, eval_images
 from progae_jax.data.sources import FIT_MODES, DatasetSpec, dataset_info, prepare
 
 __all__ = [
     "BUILTIN_DATASETS", "CACHE_LIMIT_BYTES", "FIT_MODES", "PATCH_PHOTOS", "DataError",
     "DatasetNotPreparedError", "DatasetSpec", "Digits", "ImagePatches",
-    "UnknownDatasetError", "batches", "clear_cache", "dataset_info", "eval_images", "prepare",
+    "UnknownDatasetError", "batches", "clear_cache", "dataset_info", "eval_images", "is_folder",
+    "prepare",
 ]

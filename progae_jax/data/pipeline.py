@@ -167,7 +167,7 @@ def batches(name: str, *, split: str = "train", resolution: int, batch_size: int
   opened = sources.open_split(name, split, data_dir, opts)
   if batch_size > len(opened):
     raise DataError(f"batch_size {batch_size} is larger than {opened.read.where} "
-                    f"({len(opened)} images)")
+                    f"({len(opened)} images): use a batch size of at most {len(opened)}")
   to_images = convert_lib.pipeline_map(opened, _converter(opened, resolution, opts, name),
                                        cache, worker_processes)
   local = batch_size // shard_count

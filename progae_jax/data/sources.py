@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from progae_jax.data import builtin, storage
+from progae_jax.config import ModelConfig
+from progae_jax.data import builtin, folder, storage
 from progae_jax.data.errors import DataError, DatasetNotPreparedError, UnknownDatasetError
 
 # What a non-power-of-two image becomes (after a centre crop to a square):
@@ -112,8 +113,9 @@ def _tfds_source(name: str, split: str, data_dir: str, where: str, image_key: st
       builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:
     raise UnknownDatasetError(
-        f"unknown dataset {name!r}: the built-in datasets are {', '.join(builtin.BUILTIN_DATASETS)}; "
-        f"any other name must be a tensorflow-datasets dataset (mnist, cifar10, ...)") from e
+        f"unknown dataset {name!r}: the built-in datasets are "
+        f"{', '.join(builtin.BUILTIN_DATASETS)}; any other name must be a folder of images "
+        "(an existing path) or a tensorflow-datasets dataset (mnist, cifar10, ...)") from e
   _check_split(builder, name, split, where)
   features = builder.info.features
   feature = features[image_key] if features is not None and image_key in features else None
@@ -144,6 +146,34 @@ def _builtin_source(name: str, split: str, data_dir: str, where: str):
     return builder.as_data_source(split), remedy, path
   except Exception as e:
     raise DataError(f"{where} is unreadable ({type(e).__name__}: {e}); {remedy}") from e
+
+
+def _folder_source(name: str, split: str, data_dir: str, where: str, opts: dict):
+  prepared = _prepare_folder(name, data_dir, opts)
+  if prepared.fresh:
+    print(prepared.report, flush=True)
+  remedy = f"delete {prepared.path} and it will be prepared again"
+  try:
+    builder = tfds.builder_from_directory(prepared.path)
+    _check_split(builder, name, split, where)
+    return builder.as_data_source(split), remedy, prepared.path
+  except DataError:
+    raise
+  except Exception as e:
+    raise DataError(f"{where} is unreadable ({type(e).__name__}: {e}); {remedy}") from e
+
+
+def _prepare_folder(name: str, data_dir: str, opts: dict) -> folder.Prepared:
+  """A folder's prepared copy; the resolution defaults to a default model's largest."""
+  resolution = opts["data_resolution"] or ModelConfig.max_resolution
+  return folder.prepare(name, data_dir, resolution, opts["channels"] or 3)
+
+
+def _check_folder_options(name: str, opts: dict) -> None:
+  given = [k for k in ("data_resolution", "channels") if opts[k] is not None]
+  if given and (name in builtin.BUILTIN_DATASETS or not folder.is_folder(name)):
+    raise DataError(f"the options {given} (--data-resolution, --image-channels) apply only to "
+                    f"a folder of images, and {name!r} is not one")
 
 
 def _split_name(split: str, opts: dict) -> str:
@@ -187,7 +217,8 @@ def check_images(batch: np.ndarray, where: str) -> None:
 
 def options(opts: dict) -> dict:
   known = {"image_key": _DEFAULT_IMAGE_KEY, "train_split": _DEFAULT_TRAIN_SPLIT,
-           "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad"}
+           "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad", "data_resolution": None,
+           "channels": None}
   unknown = sorted(set(opts) - set(known))
   if unknown:
     raise TypeError(f"unknown dataset options {unknown}; known: {sorted(known)}")
@@ -215,10 +246,13 @@ def open_split(name: str, split: str, data_dir, opts: dict) -> Split:
   if not isinstance(name, str) or not name:
     raise UnknownDatasetError(f"dataset name must be a non-empty string, got {name!r}")
   data_dir = storage.resolve_data_dir(data_dir)
+  _check_folder_options(name, opts)
   split = _split_name(split, opts)
   where = f"split {split!r} of {name!r} in {data_dir}"
   if name in builtin.BUILTIN_DATASETS:
     source, remedy, files = _builtin_source(name, split, data_dir, where)
+  elif folder.is_folder(name):
+    source, remedy, files = _folder_source(name, split, data_dir, where, opts)
   else:
     source, remedy, files = _tfds_source(name, split, data_dir, where, opts["image_key"])
   key = opts["image_key"]
@@ -238,12 +272,15 @@ def native_side(shape: Sequence[int], fit: str, name: str) -> int:
 
 
 def dataset_info(name: str, *, data_dir=None, **opts) -> DatasetSpec:
-  """Native resolution, channels and split sizes of a dataset (prepares a built-in one).
+  """Native resolution, channels and split sizes of a dataset (prepares a built-in one, or a
+  folder of images: `name` an existing directory).
 
   Options (also accepted by `batches` and `eval_images`): `image_key` ("image"),
   `train_split` ("train"), `test_split` ("test"): tfds split names, slices allowed, e.g.
   train_split="train[:90%]", test_split="train[90%:]" for a dataset with no test split;
-  `fit` ("pad"): see FIT_MODES.
+  `fit` ("pad"): see FIT_MODES. A folder's only: `data_resolution`, the side its images are
+  stored at (a power of two; default 32, a default model's max_resolution), and `channels`
+  (3: RGB, 1: grayscale).
   """
   opts = options(opts)
   train = open_split(name, "train", data_dir, opts)
@@ -257,9 +294,10 @@ def dataset_info(name: str, *, data_dir=None, **opts) -> DatasetSpec:
       test_split=opts["test_split"], data_dir=train.data_dir)
 
 
-
-def prepare(name: str, *, data_dir=None) -> str:
-  """Prepares a built-in dataset in `data_dir` if it is not there yet; returns its directory.
+def prepare(name: str, *, data_dir=None, **opts) -> str:
+  """Prepares a built-in dataset or a folder of images in `data_dir` if it is not there yet;
+  returns its directory. For a folder, prints the report of its preparation (see `folder`);
+  options: `data_resolution` (default 32, a default model's max_resolution), `channels` (3).
 
   tfds writes into a temporary `incomplete.*` directory and renames it when every split is
   written, so a crash midway leaves nothing that a later call would take for prepared data;
@@ -267,4 +305,14 @@ def prepare(name: str, *, data_dir=None) -> str:
   wait for the first. Other datasets are prepared with tfds itself (see
   `DatasetNotPreparedError`'s message).
   """
-  return builtin.prepare(name, storage.resolve_data_dir(data_dir))
+  data_dir = storage.resolve_data_dir(data_dir)
+  if name in builtin.BUILTIN_DATASETS or not folder.is_folder(name):
+    unknown = sorted(k for k, v in opts.items() if v is not None)
+    if unknown:
+      raise DataError(f"the options {unknown} apply only to a folder of images, and {name!r} is "
+                      "not one")
+    return builtin.prepare(name, data_dir)
+  prepared = _prepare_folder(name, data_dir, options(opts))
+  print(prepared.report if prepared.fresh else f"Already prepared: {prepared.report}",
+        flush=True)
+  return prepared.path
