@@ -73,11 +73,12 @@ class Loader:
     """The centre square, resized to R x R; (R, R, C) uint8."""
     w, h = im.size
     s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    # Cropped first: resizing a box of the whole image would blend in pixels beside it.
+    square = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     r = self.resolution
     # reducing_gap: a large shrink starts with an integer box reduction (Pillow's docs: the
     # result is indistinguishable from plain Lanczos at a gap of 3), much cheaper.
-    out = np.asarray(im.resize((r, r), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0))
+    out = np.asarray(square.resize((r, r), Image.Resampling.LANCZOS, reducing_gap=3.0))
     return out.reshape(r, r, self.channels)
 
 
