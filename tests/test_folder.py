@@ -62,12 +62,15 @@ def _write_special(root):
   Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(root / "special/cmyk.jpg", quality=100)
   checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
   Image.fromarray(checker).save(root / "special/checker.png")  # 1-pixel squares
+  coarse = (np.indices((4 * R, 4 * R)) // 4).sum(0) % 2 * 255
+  Image.fromarray(coarse.astype(np.uint8)).save(root / "special/coarse.jpg", quality=100)
   wide = np.zeros((32, 96, 3), np.uint8)
   wide[:, 32:64] = (0, 255, 0)  # Green in the centre square, black on both sides.
   Image.fromarray(wide).save(root / "special/wide.png")
   return {"grey": "special/grey.png", "rgba": "special/rgba.png",
           "palette": "special/palette.gif", "sixteen": "special/sixteen.png",
           "cmyk": "special/cmyk.jpg", "checker": "special/checker.png",
+          "coarse": "special/coarse.jpg",
           "wide": "special/wide.png"}
 
 
@@ -160,6 +163,8 @@ def test_every_file_kind_becomes_the_right_rgb(prepared):
   assert (np.abs(at["cmyk"] - [255, 0, 0]) <= 3).all()
   # Antialiased: 1-pixel black and white squares average to grey (sampling would not).
   assert (np.abs(at["checker"] - 127.5) < 10).all()
+  # A JPEG decoded at a reduced scale (draft) still has every one of the R x R pixels.
+  assert at["coarse"].std() > 100
   # Centre-cropped: the black sides are gone.
   assert (np.abs(at["wide"] - [0, 255, 0]) <= 2).all()
 
@@ -223,15 +228,19 @@ def test_a_changed_file_is_detected_and_prepared_again(prepared, tmp_path, capsy
   root, data_dir = _copy(prepared, tmp_path), str(tmp_path / "tfds")
   grey = prepared[3]["grey"]
   data.dataset_info(str(root), data_dir=data_dir, data_resolution=R)
+  size = os.path.getsize(root / grey)
   Image.new("L", (40, 23), 170).save(root / grey)
-  os.utime(root / grey, ns=(1, 1))  # Even a file rewritten within the same clock tick.
-  (root / "broken/text.jpg").unlink()
+  assert os.path.getsize(root / grey) == size  # Only the modification time tells.
   capsys.readouterr()
-  spec = data.dataset_info(str(root), data_dir=data_dir, data_resolution=R)
-  assert "(0 added, 1 removed, 1 modified): preparing it again" in capsys.readouterr().out
+  data.dataset_info(str(root), data_dir=data_dir, data_resolution=R)
+  assert "(0 added, 0 removed, 1 modified): preparing it again" in capsys.readouterr().out
   path = data.prepare(str(root), data_dir=data_dir, data_resolution=R)
   images = {**_records(path, "train"), **_records(path, "test")}
   assert (images[grey] == 170).all()
+  (root / "broken/text.jpg").unlink()
+  capsys.readouterr()
+  spec = data.dataset_info(str(root), data_dir=data_dir, data_resolution=R)
+  assert "(0 added, 1 removed, 0 modified): preparing it again" in capsys.readouterr().out
   assert spec.num_train + spec.num_test == len(prepared[2])
 
 
@@ -312,14 +321,32 @@ def test_bad_resolutions_and_batches_are_refused_in_one_line(prepared):
 # --- Processes and the command line -------------------------------------------------------
 
 
+_PREPARE_WHEN_TOLD = """
+import os, sys, time
+from progae_jax import data
+from progae_jax.data import images
+decode = images.Loader.__call__
+def slow(self, path):  # Long enough for the two processes to meet.
+  time.sleep(0.02)
+  return decode(self, path)
+images.Loader.__call__ = slow
+print("ready", flush=True)
+while not os.path.exists(sys.argv[3]):
+  time.sleep(0.01)
+print(data.dataset_info(sys.argv[1], data_dir=sys.argv[2], data_resolution=8))
+"""
+
+
 def test_processes_preparing_one_folder_at_once_take_turns(tmp_path):
-  root = tmp_path / "shared"
-  _write_photos(root, 150, seed=6)
-  code = ("import sys; from progae_jax import data; "
-          "print(data.dataset_info(sys.argv[1], data_dir=sys.argv[2], data_resolution=8))")
-  procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "tfds")],
+  root, go = tmp_path / "shared", tmp_path / "go"
+  _write_photos(root, 60, seed=6)
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_WHEN_TOLD, str(root),
+                             str(tmp_path / "tfds"), str(go)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for _ in range(2)]
+  for proc in procs:
+    assert proc.stdout.readline().strip() == "ready"
+  go.write_text("")  # Both start preparing now.
   outs = []
   for proc in procs:
     out, err = proc.communicate(timeout=240)
