@@ -258,7 +258,12 @@ def cmd_reconstruct(args) -> int:
   params = state["ema"] if "ema" in state and not args.no_ema else state["params"]
   stage = stage_of(params)
   dataset = args.dataset or config.dataset
+  if data.is_folder(dataset):
+    dataset = os.path.abspath(os.path.expanduser(dataset))
   options = dict(config.dataset_options) if dataset == config.dataset else {}
+  if dataset != config.dataset and data.is_folder(dataset):  # Stored as the model takes it.
+    options = {"data_resolution": config.model.max_resolution,
+               "channels": config.model.image_channels}
   images = data.eval_images(dataset, resolution=stage.resolution, count=args.count,
                             data_dir=args.data_dir or config.data_dir, **options)
   if images.shape[-1] != config.model.image_channels:

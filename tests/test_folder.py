@@ -383,3 +383,6 @@ def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path):
   assert "final held-out PSNR" in proc.stdout and "at 8x8" in proc.stdout
   pictures = sorted(os.listdir(workdir / "pictures"))
   assert any("4x4" in p for p in pictures) and any("8x8" in p for p in pictures), pictures
+  out = tmp_path / "recon.png"
+  assert cli.main(["reconstruct", str(workdir), "--out", str(out), "--count", "2"]) == 0
+  assert Image.open(out).size[0] > 0

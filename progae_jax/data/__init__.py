@@ -10,22 +10,27 @@ Public API:
   dataset_info(name, ...) -> DatasetSpec     what a dataset holds (native size, channels, ...)
   batches(name, ...) -> iterator             float32 NHWC batches in [0, 1], get/set_state
   eval_images(name, ...) -> np.ndarray       a fixed, deterministic held-out set
-  prepare(name, ...) -> str                  build a built-in dataset now (else on first use)
+  prepare(name, ...) -> str                  prepare a built-in dataset or a folder now (else on
+                                             first use)
+  is_folder(name) -> bool                    whether a name means a folder of images
   clear_cache()                              free the images cached pipelines keep in memory
   BUILTIN_DATASETS                           datasets made from files inside installed packages
   DataError (UnknownDatasetError, DatasetNotPreparedError)   every refusal
 
-Datasets are either built in (`digits`, `image_patches`: real images that ship with
-scikit-learn and scikit-image, prepared into `data_dir` on first use) or any tfds dataset by
-name, read from a `data_dir` where `tfds build NAME --file_format=array_record` prepared it.
-Nothing is ever downloaded.
+Datasets are built in (`digits`, `image_patches`: real images that ship with scikit-learn
+and scikit-image, prepared into `data_dir` on first use), a folder of the user's images
+(prepared into `data_dir` on first use, and again when its files change), or any tfds
+dataset by name, read from a `data_dir` where `tfds build NAME --file_format=array_record`
+prepared it. Nothing is ever downloaded.
 
 One module per concern, in the order a batch is made:
 
   errors     DataError and its kinds
   storage    data_dir, writing a dataset once (lock, tfds's incomplete-then-rename)
   builtin    the built-in datasets' tfds builders
-  sources    opening a split (built in or tfds by name), DatasetSpec, dataset_info
+  images     one image file -> a uint8 square at a resolution (Pillow)
+  folder     a folder of images -> a tfds dataset: scan, split, decode, report, changes
+  sources    opening a split (built in, folder, tfds by name), DatasetSpec, dataset_info
   convert    stored records -> float32 at a resolution; the in-memory caches
   pipeline   grain: seeded global batches, sharding, resumable iterators
 """

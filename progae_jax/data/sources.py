@@ -1,9 +1,10 @@
-"""Opening a dataset's split: built in or a tfds dataset by name, checked once, so that bad
-data fails here, clearly, and not midway through a run.
+"""Opening a dataset's split: built in, a folder of images or a tfds dataset by name, checked
+once, so that bad data fails here, clearly, and not midway through a run.
 
-    name ──> built in?  builtin.prepare, then its builder ─┐
-         └─> else       tfds.data_source from data_dir ────┴─> Split: Read (indices -> the
-                                                                stored images) + first image
+    name ──> built in?  builtin.prepare, then its builder ───────┐
+         ├─> a folder?  folder.prepare, then the prepared copy ──┼─> Split: Read (indices ->
+         └─> else       tfds.data_source from data_dir ──────────┘   the stored images) and
+                                                                     its first image
 
 `dataset_info` opens both splits and says what training needs to know (`DatasetSpec`).
 """
