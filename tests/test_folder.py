@@ -284,6 +284,16 @@ def _refusal(match, name, **kwargs):
   return str(e.value)
 
 
+def test_what_names_a_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "digits").mkdir()
+  (tmp_path / "photos").mkdir()
+  assert data.is_folder("photos") and data.is_folder("./nowhere") and data.is_folder("~/x")
+  assert not data.is_folder("mnist") and not data.is_folder("celeb_a/1.0.0")
+  spec = data.dataset_info("digits", data_dir=str(tmp_path / "tfds"))  # Built in wins.
+  assert spec.num_train == 1500
+
+
 def test_bad_folders_are_refused_in_one_line(tmp_path):
   kwargs = dict(data_dir=str(tmp_path / "tfds"))
   _refusal(f"{tmp_path}/missing does not exist: give a folder", str(tmp_path / "missing"),

@@ -5,6 +5,12 @@
         ├─ _ShardRows: this process's rows        [i*b, (i+1)*b) of each global batch
         └─ convert.pipeline_map: rows -> images   read, convert, cached
             └─ grain threads (+ processes), prefetch -> a resumable `DatasetIterator`
+
+Every process walks the same seeded order of the whole split cut into global batches of
+`batch_size`, and keeps rows [shard_index * b, (shard_index + 1) * b) of each,
+b = batch_size // shard_count, reading only those records. So the sequence of global batches
+does not depend on the number of processes, the shards of one epoch are disjoint and
+together cover it, and one process (the default when jax runs one) sees plain batches.
 """
 
 from __future__ import annotations
@@ -98,6 +104,16 @@ def _shards(shard_index, shard_count) -> tuple[int, int]:
   return int(shard_index), int(shard_count)
 
 
+def _global_batch(batch_size, shard_index, shard_count) -> tuple[int, int, int]:
+  """(batch_size, shard_index, shard_count), checked: the batch splits evenly over shards."""
+  batch_size = _positive(batch_size, "batch_size")
+  shard_index, shard_count = _shards(shard_index, shard_count)
+  if batch_size % shard_count:
+    raise DataError(f"global batch_size {batch_size} is not divisible by shard_count "
+                    f"{shard_count}")
+  return batch_size, shard_index, shard_count
+
+
 def _positive(value, what: str) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise DataError(f"{what} must be a positive integer, got {value!r}")
@@ -124,16 +140,12 @@ def batches(name: str, *, split: str = "train", resolution: int, batch_size: int
             cache: bool | None = None, **opts) -> grain.DatasetIterator:
   """An iterator of float32 (batch_size // shard_count, R, R, C) batches in [0, 1].
 
-  `batch_size` is the GLOBAL batch size, summed over all `shard_count` processes. Every
-  process walks the same seeded order of the whole split (a fresh permutation each epoch;
-  batches run on across epoch ends) cut into global batches of `batch_size`, and keeps rows
-  [shard_index * b, (shard_index + 1) * b) of each, b = batch_size // shard_count, reading
-  only those records. So the sequence of global batches does not depend on the number of
-  processes, the shards of one epoch are disjoint and together cover it, and one process
-  (the default when jax runs one) sees plain batches of `batch_size`.
+  `batch_size` is the GLOBAL batch size, summed over all `shard_count` processes, each of
+  which keeps its own rows of every global batch (see the module's docstring).
 
   Args:
-    name: one of BUILTIN_DATASETS or a tfds dataset prepared in `data_dir`.
+    name: one of BUILTIN_DATASETS, a folder of images, or a tfds dataset prepared in
+      `data_dir`.
     split: "train", "test" (the `train_split`/`test_split` options) or any tfds split.
     resolution: side of the delivered images, native / 2**k (see `dataset_info`).
     batch_size: global batch size; a multiple of `shard_count`, at most the split's size.
@@ -150,18 +162,14 @@ def batches(name: str, *, split: str = "train", resolution: int, batch_size: int
       process, shared with later stages; below the native resolution also float32 at R, for
       later epochs. None: yes when each of the two fits in CACHE_LIMIT_BYTES and there are
       no worker processes. The batches are the same either way.
-    **opts: image_key, train_split, test_split, fit (see `dataset_info`).
+    **opts: image_key, train_split, test_split, fit, data_resolution, channels (see
+      `dataset_info`).
 
-  Returns:
-    A grain `DatasetIterator`: `next(it)`, `it.get_state()`, `it.set_state(state)`; a
-    restored state continues at the same next batch.
+  Returns a grain `DatasetIterator`: `next(it)`, `it.get_state()`, `it.set_state(state)`;
+  a restored state continues at the same next batch.
   """
   opts = sources.options(opts)
-  batch_size = _positive(batch_size, "batch_size")
-  shard_index, shard_count = _shards(shard_index, shard_count)
-  if batch_size % shard_count:
-    raise DataError(f"global batch_size {batch_size} is not divisible by shard_count "
-                    f"{shard_count}")
+  batch_size, shard_index, shard_count = _global_batch(batch_size, shard_index, shard_count)
   if num_epochs is not None:
     _positive(num_epochs, "num_epochs")
   opened = sources.open_split(name, split, data_dir, opts)
