@@ -5,6 +5,7 @@
     progae train --workdir W           # resumes W from its latest checkpoint, if it has one
     progae inspect W                   # stage, images seen, metrics, parameter table
     progae reconstruct W --dataset image_patches --out recon.png
+    progae prepare ~/photos --data-resolution 64   # a folder of images, ahead of training
     progae bench --vs-torch ../shared/bench/torch_ref.py
 """
 
@@ -75,11 +76,13 @@ def _train_parser(sub) -> None:
   p.add_argument("--config", metavar="FILE.json",
                  help="JSON with TrainConfig fields, e.g. per-stage schedules: "
                       '{"stages": {"16": {"batch_size": 32, "learning_rate": 5e-4}}}')
-  p.add_argument("--dataset", help="digits, image_patches, or a prepared tfds dataset")
+  p.add_argument("--dataset", help="digits, image_patches, a folder of images, or a prepared "
+                 "tfds dataset")
   p.add_argument("--data-dir", help="where tfds datasets are (default: tfds's own)")
   p.add_argument("--fit", choices=("pad", "resize"),
                  help="how non-power-of-two images (mnist's 28x28) reach the next power of two")
   p.add_argument("--max-resolution", type=_positive_int, help="final resolution (power of 2)")
+  _folder_flags(p, "default: --max-resolution")
   p.add_argument("--workdir", help="checkpoints, metrics and pictures (default: runs/PRESET)")
   p.add_argument("--batch-size", type=_positive_int, help="global batch size, every stage")
   p.add_argument("--fade-images", type=_non_negative_int, help="images per fade, every stage")
@@ -112,6 +115,21 @@ def _train_parser(sub) -> None:
   p.add_argument("--num-processes", type=_positive_int)
   p.add_argument("--process-id", type=int)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _folder_flags(p, resolution_default: str) -> None:
+  p.add_argument("--data-resolution", type=_positive_int, metavar="N",
+                 help=f"a folder of images: the side they are stored at ({resolution_default})")
+  p.add_argument("--image-channels", type=int, choices=(1, 3),
+                 help="a folder of images: 3 for RGB (default), 1 for grayscale")
+
+
+def _folder_options(args, max_resolution: int | None = None) -> dict:
+  """The dataset options the folder flags set; a folder's resolution defaults to the model's."""
+  options = {"data_resolution": args.data_resolution, "channels": args.image_channels}
+  if max_resolution is not None and options["data_resolution"] is None:
+    options["data_resolution"] = max_resolution
+  return {k: v for k, v in options.items() if v is not None}
 
 
 def build_config(args) -> "TrainConfig":
@@ -149,11 +167,18 @@ def build_config(args) -> "TrainConfig":
   options = dict(fields.pop("dataset_options", {}))
   if args.fit:
     options["fit"] = args.fit
-  spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
   model_fields = dict(fields.pop("model", {}))
-  model_fields.setdefault("image_channels", spec.channels)
   model_fields["max_resolution"] = fields.pop("max_resolution", model_fields.get(
       "max_resolution", 32))
+  if data.is_folder(fields["dataset"]):  # Stored no larger than the model needs.
+    fields["dataset"] = os.path.abspath(os.path.expanduser(fields["dataset"]))
+    options.update(_folder_options(args, model_fields["max_resolution"]))
+  else:
+    options.update(_folder_options(args))  # Refused by the data for a dataset not a folder.
+  spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
+  model_fields.setdefault("image_channels", spec.channels)
+  if "eval_images" not in fields:  # A small folder holds out fewer than the default 256.
+    fields["eval_images"] = min(TrainConfig.eval_images, spec.num_test)
   default_stage = StageSchedule(**{k: fields.pop(k) for k in
                                    ("fade_images", "stable_images", "batch_size",
                                     "learning_rate") if k in fields})
@@ -172,14 +197,14 @@ def _set_up_cpu(args, config) -> None:
 
 
 def cmd_train(args) -> int:
-  from progae_jax import parallel, train
+  from progae_jax import data, parallel, train
   from progae_jax.schedule import phases
 
   config = build_config(args)
   _set_up_cpu(args, config)
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  workdir = args.workdir or os.path.join("runs", args.preset if args.dataset is None
-                                         else config.dataset)
+  named = os.path.basename(config.dataset) if data.is_folder(config.dataset) else config.dataset
+  workdir = args.workdir or os.path.join("runs", args.preset if args.dataset is None else named)
   mesh = parallel.make_mesh(args.num_devices)
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
@@ -235,7 +260,12 @@ def cmd_reconstruct(args) -> int:
   params = state["ema"] if "ema" in state and not args.no_ema else state["params"]
   stage = stage_of(params)
   dataset = args.dataset or config.dataset
+  if data.is_folder(dataset):
+    dataset = os.path.abspath(os.path.expanduser(dataset))
   options = dict(config.dataset_options) if dataset == config.dataset else {}
+  if dataset != config.dataset and data.is_folder(dataset):  # Stored as the model takes it.
+    options = {"data_resolution": config.model.max_resolution,
+               "channels": config.model.image_channels}
   images = data.eval_images(dataset, resolution=stage.resolution, count=args.count,
                             data_dir=args.data_dir or config.data_dir, **options)
   if images.shape[-1] != config.model.image_channels:
@@ -246,6 +276,13 @@ def cmd_reconstruct(args) -> int:
   plots.save_reconstructions(args.out, images, np.asarray(recon),
                              title=f"{dataset} at {stage}, {meta['images_seen']:,} images")
   print(f"wrote {args.out}")
+  return 0
+
+
+def cmd_prepare(args) -> int:
+  from progae_jax import data
+  path = data.prepare(args.path, data_dir=args.data_dir, **_folder_options(args))
+  print(f"prepared: {path}")
   return 0
 
 
@@ -265,6 +302,11 @@ def main(argv=None) -> int:
   p.add_argument("--count", type=_positive_int, default=16)
   p.add_argument("--step", type=int)
   p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
+  p = sub.add_parser("prepare", help="prepare a folder of images (or a built-in dataset) now, "
+                     "not on first use; prints what was kept and skipped")
+  p.add_argument("path", help="a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP)")
+  _folder_flags(p, "default: 32, progae train's default --max-resolution")
+  p.add_argument("--data-dir", help="where prepared datasets are (default: tfds's own)")
   sub.add_parser("bench", help="training speed per stage (--help for its options)",
                  add_help=False)
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -275,8 +317,8 @@ def main(argv=None) -> int:
   from progae_jax.checkpoint import CheckpointError
   from progae_jax.data import DataError
   try:
-    return {"train": cmd_train, "inspect": cmd_inspect,
-            "reconstruct": cmd_reconstruct}[args.command](args)
+    return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
+            "prepare": cmd_prepare}[args.command](args)
   except (CheckpointError, DataError, ValueError) as e:
     print(f"progae {args.command}: error: {e}", file=sys.stderr)
     return 2

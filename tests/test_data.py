@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from progae_jax import data
+from progae_jax.data import builtin, convert, sources
 from progae_jax.ops import downsample
 
 
@@ -94,8 +95,8 @@ def test_builtin_files_are_array_record_tensors(data_dir):
 def test_builtin_is_read_not_rebuilt(data_dir, monkeypatch):
   def fail(split):
     raise AssertionError("prepared data must be read, not generated again")
-  monkeypatch.setattr(data, "_patch_examples", fail)
-  monkeypatch.setattr(data, "_digit_examples", fail)
+  monkeypatch.setattr(builtin, "_patch_examples", fail)
+  monkeypatch.setattr(builtin, "_digit_examples", fail)
   for name in data.BUILTIN_DATASETS:
     data.dataset_info(name, data_dir=data_dir)
 
@@ -140,39 +141,40 @@ def test_image_patches_test_photos_are_unseen_in_train(data_dir):
 
 
 def test_image_patches_are_deterministic(data_dir):
-  regenerated = [example["image"] for _, example in data._patch_examples("test")]
+  regenerated = [example["image"] for _, example in builtin._patch_examples("test")]
   assert sorted(_hashes(regenerated)) == sorted(_hashes(_all_stored("image_patches", "test",
                                                                     data_dir)))
 
 
 def test_crash_while_preparing_leaves_nothing_that_reads_as_prepared(tmp_path, monkeypatch):
-  real = data._digit_examples
+  real = builtin._digit_examples
 
   def crash(split):
     for i, example in enumerate(real(split)):
       if i == 100:
         raise RuntimeError("killed midway")
       yield example
-  monkeypatch.setattr(data, "_digit_examples", crash)
+  monkeypatch.setattr(builtin, "_digit_examples", crash)
   with pytest.raises(RuntimeError, match="killed midway"):
     data.prepare("digits", data_dir=tmp_path)
   assert not os.path.exists(tmp_path / "digits" / "1.0.0")
   assert not data.Digits(data_dir=str(tmp_path), file_format="array_record").is_prepared()
-  monkeypatch.setattr(data, "_digit_examples", real)
+  monkeypatch.setattr(builtin, "_digit_examples", real)
   assert data.dataset_info("digits", data_dir=tmp_path).num_train == 1500
 
 
 _PREPARE_AND_HANG = """
 import sys, time
 from progae_jax import data
-real = data._digit_examples
+from progae_jax.data import builtin
+real = builtin._digit_examples
 def slow(split):
   for i, example in enumerate(real(split)):
     if i == 100:
       print("writing", flush=True)
       time.sleep(60)
     yield example
-data._digit_examples = slow
+builtin._digit_examples = slow
 data.prepare("digits", data_dir=sys.argv[1])
 """
 
@@ -290,7 +292,7 @@ def test_later_stages_reuse_the_stored_images(data_dir, monkeypatch):
 
   def no_disk(self, indices):
     raise AssertionError("a later stage read the disk again")
-  monkeypatch.setattr(data._Read, "__call__", no_disk)
+  monkeypatch.setattr(sources.Read, "__call__", no_disk)
   for a, b in zip(reference, _take(_digits(data_dir, resolution=4), 5)):
     np.testing.assert_array_equal(a, b)
   data.clear_cache()
@@ -340,7 +342,7 @@ def test_mnist_is_padded_or_resized_to_32_as_asked(mock_tfds, tmp_path):
 def test_resize_is_bilinear_like_jax_image_resize():
   import jax
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 2)).astype(np.uint8)
-  ours = data._Convert("resize", 32, 0)(images)
+  ours = convert.Convert("resize", 32, 0)(images)
   theirs = jax.image.resize(images / np.float32(255), (3, 32, 32, 2), "linear", antialias=False)
   np.testing.assert_allclose(ours, np.asarray(theirs), rtol=0, atol=1e-6)
 
