@@ -5,7 +5,7 @@
     progae train --workdir W           # resumes W from its latest checkpoint, if it has one
     progae inspect W                   # stage, images seen, metrics, parameter table
     progae reconstruct W --dataset image_patches --out recon.png
-    progae bench --vs-torch ../shared/bench/torch_ref.py
+    progae bench --vs-torch            # speed per stage, beside the PyTorch reference
 """
 
 from __future__ import annotations
