@@ -21,7 +21,7 @@ RATES = (1e-3, 3e-4)
 
 
 def variants(quick: bool, data_dir) -> dict:
-  """One direct-training config per learning rate."""
+  """One direct-training config per Adam learning rate, labelled "lr<rate>"."""
   if quick:
     model, dataset, batch, images, every = c.TINY, "digits", 32, 256, 64
   else:
@@ -29,10 +29,10 @@ def variants(quick: bool, data_dir) -> dict:
     model, dataset = ModelConfig(image_channels=3, max_resolution=32), "image_patches"
     batch, images, every = 64, 25_600, 6_400
   resolutions = tuple(r for r in model.resolutions if r > 4)
-  return {f"Adam {lr:g}": c.config(model, dataset,
-                                   c.schedule(0, 0, 0, batch=batch, resolutions=resolutions,
-                                              lr=lr, last_stable=images),
-                                   data_dir, eval_every_images=every) for lr in RATES}
+  return {f"lr{lr:g}": c.config(model, dataset,
+                               c.schedule(0, 0, 0, batch=batch, resolutions=resolutions,
+                                          lr=lr, last_stable=images),
+                               data_dir, eval_every_images=every) for lr in RATES}
 
 
 def plot(runs: dict[str, list[c.Run]]):

@@ -74,7 +74,7 @@ def test_progressive_vs_direct(data_dir, tmp_path, cache):
 
 def test_direct_lr_pilot(data_dir, tmp_path, cache):
   result, stdout = _run("direct_lr_pilot", data_dir, tmp_path, cache)
-  assert set(result["summary"]) == {"Adam 0.001", "Adam 0.0003"}
+  assert set(result["summary"]) == {"lr0.001", "lr0.0003"}
   for label, s in result["summary"].items():
     _spread_ok(s, 0, 60)
     [curve] = result["curves"][label]  # one seed
