@@ -1,9 +1,9 @@
 """What the measured experiments share: running one configuration over seeds, reading its
 metrics back, the loss jump at growth, mean and spread, and writing results.
 
-Every experiment script takes `--quick` (a few hundred images of the digits, for the test
-suite: checks that the script works, says nothing about the question) or runs its full
-setting (for the README), and writes `<out>/result.json` and `<out>/<name>.png`.
+Every experiment script takes `--quick` (a few hundred images of the digits and one seed, for
+the test suite: checks that the script works, says nothing about the question) or runs its
+full setting (for the README), and writes `<out>/result.json` and `<out>/<name>.png`.
 """
 
 from __future__ import annotations
@@ -26,21 +26,40 @@ from progae_jax.schedule import StageSchedule, TrainConfig
 TINY = ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8}, latent_dim=8)
 
 
-def parser(doc: str, name: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=doc.splitlines()[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="\n".join(doc.splitlines()[1:]))
+class _Parser(argparse.ArgumentParser):
+  """--seeds defaults to the full mode's count, and to one seed with --quick."""
+
+  full_seeds = 3
+
+  def parse_args(self, args=None, namespace=None):
+    parsed = super().parse_args(args, namespace)
+    if parsed.seeds is None:
+      parsed.seeds = 1 if parsed.quick else self.full_seeds
+    if parsed.seeds < 1:
+      self.error(f"--seeds {parsed.seeds}: at least one seed")
+    return parsed
+
+
+def parser(doc: str, name: str, *, seeds: int = 3,
+           reuse: bool = True) -> argparse.ArgumentParser:
+  """The flags every experiment takes (`reuse`: whether it can read finished runs back)."""
+  p = _Parser(description=doc.splitlines()[0],
+              formatter_class=argparse.RawDescriptionHelpFormatter,
+              epilog="\n".join(doc.splitlines()[1:]))
+  p.full_seeds = seeds
   p.add_argument("--quick", action="store_true",
                  help="tiny runs on the digits (a smoke test of the script, not a result)")
-  p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help=f"seeds per configuration (default {seeds}; 1 with --quick)")
   p.add_argument("--out", default=os.path.join("experiments", "results", name),
                  help="where result.json and the plot go")
   p.add_argument("--workdir", default=os.path.join("runs", "experiments", name),
                  help="the runs' work directories (checkpoints, metrics)")
   p.add_argument("--data-dir", help="tfds data directory (default: tfds's own)")
-  p.add_argument("--reuse", action="store_true",
-                 help="read back finished runs of the same config from --workdir instead of "
-                      "training them again (to redo the analysis and plots)")
+  if reuse:
+    p.add_argument("--reuse", action="store_true",
+                   help="read back finished runs of the same config from --workdir instead "
+                        "of training them again (to redo the analysis and plots)")
   return p
 
 

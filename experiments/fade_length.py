@@ -61,8 +61,7 @@ def main(argv=None) -> int:
   model, dataset, s = c.small_setting(args.quick)
   variants = {str(f): c.config(model, dataset, c.budget_schedule(f, **s), args.data_dir,
                                eval_every_images=s["every"]) for f in fades(s["budget"])}
-  runs = c.over_seeds(variants, args.seeds, args.workdir,
-                      args.reuse)
+  runs = c.over_seeds(variants, args.seeds, args.workdir, args.reuse)
   summary = {}
   for f, seeded in runs.items():
     m = [measure(r) for r in seeded]

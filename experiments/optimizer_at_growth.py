@@ -62,8 +62,7 @@ def main(argv=None) -> int:
   stages = c.budget_schedule(s["budget"] // 2, **s)
   variants = {p: c.config(model, dataset, stages, args.data_dir, optimizer_on_growth=p,
                           eval_every_images=s["every"]) for p in POLICIES}
-  runs = c.over_seeds(variants, args.seeds, args.workdir,
-                      args.reuse)
+  runs = c.over_seeds(variants, args.seeds, args.workdir, args.reuse)
   measured = {p: [measure(r) for r in runs[p]] for p in POLICIES}
   summary = {}
   for p in POLICIES:

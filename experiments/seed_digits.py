@@ -71,7 +71,7 @@ def figure(cfg, state_4, state_8, measured):
 
 
 def main(argv=None) -> int:
-  args = c.parser(__doc__, NAME).parse_args(argv)
+  args = c.parser(__doc__, NAME, reuse=False).parse_args(argv)
   c.set_up_cpu()
   from progae_jax import ModelConfig
   if args.quick:

@@ -1,16 +1,19 @@
 """`progae bench`: steady-state training speed of every stage, optionally beside PyTorch.
 
-    progae bench                                          # stages 8, 16, 32; fade and stable
-    progae bench --vs-torch ../shared/bench/torch_ref.py  # ... and the PyTorch reference
+    progae bench                        # stages 8, 16, 32; fade and stable
+    progae bench --vs-torch             # ... and the PyTorch reference, like for like
     python -m progae_jax.bench --resolutions 16 --rounds 5 --json bench.jsonl
 
 For every stage (resolution and phase) it compiles the real training step
 (`progae_jax.train.make_train_step`: MSE against the faded target, Adam, metrics, state
 donated) once, then times windows of steps on one fixed random batch: images/s is the
-median over the windows, after warm-up. Data loading is not part of it. With `--vs-torch`, the
-reference script runs as a subprocess for the same resolution, batch, alpha, image channels,
-channel widths and latent width, alternating with this process's own windows (so both see
-the same load on a shared machine), and the ratio is JAX / PyTorch, median over median.
+median over the windows, after warm-up. Data loading is not part of it.
+
+With `--vs-torch`, the PyTorch reference of the same model (benchmarks/torch_reference.py in
+the repository, or a script given as `--vs-torch PATH` that prints the same JSON line) runs
+as a subprocess for the same resolution, batch, alpha, image channels, channel widths and
+latent width, alternating with this process's own windows (so both see the same load on a
+shared machine), and the ratio is JAX / PyTorch, median over median.
 
 Output: JSON lines (`"kind"`: one "meta" with versions, devices and settings, one "stage" per
 stage as it finishes, one "summary"), then a readable table. `--json PATH` writes the JSON
@@ -23,24 +26,24 @@ one per core; XLA:CPU runs each convolution on one core), and glibc's malloc is 
 freed memory (`tune_malloc`; otherwise every step page-faults XLA's buffers back in). Both
 must happen before JAX starts its backend: `main` does that first thing (`configure_cpu`);
 `run_bench` called from a process whose backend is already up runs with what it finds.
-The reference keeps glibc's defaults unless `--torch-malloc-tuning` is given.
+The reference gets the same malloc settings as this process (like for like; PyTorch's
+allocator gains from them as well); `--torch-malloc default` leaves it glibc's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from typing import Callable, Sequence
 
-from progae_jax.cpu import (MALLOC_TUNABLES, backend_started, configure_cpu,  # noqa: F401
-                            core_count, tune_malloc)
+from progae_jax.cpu import MALLOC_TUNABLES, configure_cpu, core_count
 
 DEFAULT_RESOLUTIONS = (8, 16, 32)
 PHASES = ("fade", "stable")
@@ -74,6 +77,7 @@ def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
 def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, alpha: float,
                       *, compute_dtype: str = "float32", seed: int = 0,
                       ema_decay: float | None = None, microbatches: int = 1) -> JaxStage:
+  """The training step at one stage, compiled and warmed up, on one fixed random batch."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -97,15 +101,8 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   compiled = step.lower(state, images, alpha_arr).compile()
   compile_s = time.perf_counter() - t
 
-  peak, source = None, "n/a"
-  try:  # What XLA's buffer assignment needs on one device: arguments, outputs, temporaries.
-    mem = compiled.memory_analysis()
-    peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-               + mem.temp_size_in_bytes)
-    source = "xla"
-  except Exception:  # Not every backend has the analysis.
-    pass
-
+  peak = _xla_peak_bytes(compiled)
+  source = "n/a" if peak is None else "xla"
   holder = {"state": state}
 
   def run(steps: int) -> float:
@@ -129,6 +126,16 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
                   compiled.as_text)
 
 
+def _xla_peak_bytes(compiled) -> int | None:
+  """What XLA's buffer assignment needs on one device: arguments, outputs, temporaries."""
+  try:
+    mem = compiled.memory_analysis()
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+               + mem.temp_size_in_bytes)
+  except Exception:  # Not every backend has the analysis.
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # PyTorch side
 
@@ -143,40 +150,28 @@ def torch_command(script: str, model_config, resolution: int, batch: int, alpha:
           "--latent", str(model_config.latent_dim)]
 
 
-class _PeakRss:
-  """Samples a child's peak resident memory (VmHWM) every 50 ms, once it runs `marker`.
+# The reference of the default model lives in the repository, beside the other benchmarks.
+REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks", "torch_reference.py")
 
-  Not the child's rusage: between fork and exec a child shares this process's pages, and
-  ru_maxrss would count them. Linux only; None elsewhere.
-  """
 
-  def __init__(self, pid: int, marker: str):
-    self.peak, self._pid, self._marker = None, pid, marker
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._poll, daemon=True)
-    self._thread.start()
-
-  def _poll(self):
-    while not self._stop.is_set():
-      try:
-        with open(f"/proc/{self._pid}/cmdline", "rb") as f:
-          if self._marker.encode() in f.read():  # exec'd: its own memory from here on
-            with open(f"/proc/{self._pid}/status") as g:
-              for line in g:
-                if line.startswith("VmHWM:"):
-                  self.peak = max(self.peak or 0, int(line.split()[1]) * 1024)
-      except (OSError, ValueError):
-        pass
-      self._stop.wait(0.05)
-
-  def stop(self):
-    self._stop.set()
-    self._thread.join()
+def check_reference(script: str, python: str | None = None) -> None:
+  """A clear error, before anything is compiled, when the reference cannot run."""
+  if not os.path.exists(script):
+    if script == REFERENCE:
+      raise FileNotFoundError(
+          f"--vs-torch: the PyTorch reference {script} is not there: it comes with the "
+          "repository, not with an installed package; run from a clone (pip install -e "
+          "'.[bench]') or give its path, --vs-torch PATH")
+    raise FileNotFoundError(f"--vs-torch: no such file: {script}")
+  if script == REFERENCE and python is None and importlib.util.find_spec("torch") is None:
+    raise FileNotFoundError("--vs-torch needs PyTorch in this Python: pip install -e "
+                            "'.[bench]' (or --torch-python EXE for another Python)")
 
 
 def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool = False) -> dict:
-  """Runs the reference once: its JSON line, plus its peak resident memory ("max_rss_bytes",
-  sampled; None where it cannot be read).
+  """Runs the reference once: its JSON line, with "max_rss_bytes" (its own peak resident
+  memory, as it reports it; None if it does not).
 
   `same_malloc` gives it the malloc settings of `tune_malloc`, as glibc tunables.
   """
@@ -185,17 +180,12 @@ def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool =
   if same_malloc:
     env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"),
                                                    MALLOC_TUNABLES]))
-  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env)
-  rss = _PeakRss(proc.pid, command[1] if len(command) > 1 else command[0])
   try:
-    out, _ = proc.communicate(timeout=timeout)
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, timeout=timeout)
   except subprocess.TimeoutExpired:
-    proc.kill()
-    out, _ = proc.communicate()
     raise RuntimeError(f"the PyTorch reference ran past {timeout:.0f} s: {' '.join(command)}")
-  finally:
-    rss.stop()
+  out = proc.stdout
   if proc.returncode:
     raise RuntimeError(f"the PyTorch reference failed (exit {proc.returncode}): "
                        f"{' '.join(command)}\n{out[-2000:]}")
@@ -205,7 +195,7 @@ def run_torch(command: list[str], timeout: float = 900.0, *, same_malloc: bool =
   record = json.loads(lines[-1])
   if "img_per_s" not in record:
     raise RuntimeError(f"the PyTorch reference's JSON has no img_per_s: {lines[-1]}")
-  record["max_rss_bytes"] = rss.peak
+  record.setdefault("max_rss_bytes", None)
   return record
 
 
@@ -258,6 +248,54 @@ def _median(xs):
   return statistics.median(xs) if xs else None
 
 
+def _steps_per_window(stage: JaxStage, steps: int | None, window_s: float) -> int:
+  if steps is not None:
+    return steps
+  per_step = stage.run(2) / 2
+  return int(min(500, max(3, round(window_s / max(per_step, 1e-6)))))
+
+
+def time_stage(stage: JaxStage, *, batch: int, steps: int, rounds: int,
+               torch_cmd: list[str] | None = None, torch_malloc_tuning: bool = False) -> dict:
+  """`rounds` timed windows of `steps` steps, each next to one run of the reference (if any),
+  in alternating order: images/s of every window, the reference's peak memory, and others'
+  share of the CPU meanwhile."""
+  jax_rates, torch_rates, torch_rss = [], [], []
+  others = OtherLoad()
+  for i in range(rounds):
+    for who in (("jax", "torch") if i % 2 == 0 else ("torch", "jax")):
+      if who == "jax":
+        with others:
+          jax_rates.append(steps * batch / stage.run(steps))
+      elif torch_cmd is not None:
+        with others:
+          rec = run_torch(torch_cmd, same_malloc=torch_malloc_tuning)
+        torch_rates.append(float(rec["img_per_s"]))
+        torch_rss.append(rec["max_rss_bytes"])
+  jax_ips, torch_ips = _median(jax_rates), _median(torch_rates)
+  return {"jax_img_per_s": round(jax_ips, 2),
+          "jax_img_per_s_runs": [round(r, 2) for r in jax_rates],
+          "torch_img_per_s": None if torch_ips is None else round(torch_ips, 2),
+          "torch_img_per_s_runs": [round(r, 2) for r in torch_rates],
+          "torch_max_rss_bytes": max(filter(None, torch_rss), default=None),
+          "ratio": None if not torch_ips else round(jax_ips / torch_ips, 3),
+          "others_cpu_share": others.fraction}
+
+
+def _stages(model_config, resolutions: Sequence[int], phases: Sequence[str]):
+  """(resolution, fading) of every stage asked for, checked against the model."""
+  from progae_jax.config import MIN_RESOLUTION
+  for p in phases:
+    if p not in PHASES:
+      raise ValueError(f"unknown phase {p!r}: choose from {PHASES}")
+  for resolution in resolutions:
+    if resolution not in model_config.resolutions:
+      raise ValueError(f"resolution {resolution} is not a stage of the model "
+                       f"{model_config.resolutions}")
+  return [(r, p == "fade") for r in resolutions for p in phases
+          if not (p == "fade" and r == MIN_RESOLUTION)]  # 4x4 has nothing to fade from.
+
+
 def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 64,
               phases: Sequence[str] = PHASES, alpha: float = 0.5, rounds: int = 3,
               window_s: float = 2.0, steps: int | None = None, vs_torch: str | None = None,
@@ -268,77 +306,41 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
   """Times every (resolution, phase); returns (and emits, one by one) a record per stage.
 
   `steps` fixes the steps per timed window; by default they are chosen so that a window lasts
-  about `window_s` seconds. With `vs_torch`, each round runs the reference once with the same
-  number of steps, in alternating order with this process's window.
+  about `window_s` seconds. With `vs_torch` (the reference script), each round runs it once
+  with the same number of steps, in alternating order with this process's window;
+  `torch_malloc_tuning` gives it the malloc settings of `tune_malloc`.
   """
-  import jax
-
-  from progae_jax.config import MIN_RESOLUTION, ModelConfig
+  from progae_jax.config import ModelConfig
 
   if model_config is None:
     model_config = ModelConfig(image_channels=image_channels,
                                max_resolution=max(8, max(resolutions)))
-  for p in phases:
-    if p not in PHASES:
-      raise ValueError(f"unknown phase {p!r}: choose from {PHASES}")
   if rounds < 1:
     raise ValueError("rounds must be at least 1")
-  if vs_torch is not None and not os.path.exists(vs_torch):
-    raise FileNotFoundError(f"--vs-torch: no such file: {vs_torch}")
+  if vs_torch is not None:
+    check_reference(vs_torch, torch_python)
   records = []
-  for resolution in resolutions:
-    if resolution not in model_config.resolutions:
-      raise ValueError(f"resolution {resolution} is not a stage of the model "
-                       f"{model_config.resolutions}")
-    for phase in phases:
-      fading = phase == "fade"
-      if fading and resolution == MIN_RESOLUTION:
-        continue  # 4x4 has nothing to fade from.
-      a = alpha if fading else 1.0
-      stage = prepare_jax_stage(model_config, resolution, fading, batch, a,
-                                compute_dtype=compute_dtype, ema_decay=ema_decay,
-                                microbatches=microbatches)
-      n = steps
-      if n is None:
-        per_step = stage.run(2) / 2
-        n = int(min(500, max(3, round(window_s / max(per_step, 1e-6)))))
-      jax_rates, torch_rates, torch_rss = [], [], []
-      others = OtherLoad()
-      command = (torch_command(vs_torch, model_config, resolution, batch, a, n, torch_python)
-                 if vs_torch else None)
-      for i in range(rounds):
-        order = ("jax", "torch") if i % 2 == 0 else ("torch", "jax")
-        for who in order:
-          if who == "jax":
-            with others:
-              jax_rates.append(n * batch / stage.run(n))
-          elif command is not None:
-            with others:
-              rec = run_torch(command, same_malloc=torch_malloc_tuning)
-            torch_rates.append(float(rec["img_per_s"]))
-            torch_rss.append(rec["max_rss_bytes"])
-      jax_ips = _median(jax_rates)
-      torch_ips = _median(torch_rates)
-      record = {
-          "kind": "stage", "resolution": resolution, "phase": phase, "alpha": a,
-          "batch": batch, "image_channels": model_config.image_channels,
-          "steps_per_window": n, "rounds": rounds,
-          "jax_img_per_s": round(jax_ips, 2),
-          "jax_img_per_s_runs": [round(r, 2) for r in jax_rates],
-          "compile_s": round(stage.compile_s, 3),
-          "peak_mem_bytes": (None if stage.peak_bytes is None
-                             else stage.peak_bytes * stage.devices),
-          "peak_mem_bytes_per_device": stage.peak_bytes, "peak_mem_source": stage.peak_source,
-          "devices": stage.devices, "platform": stage.platform,
-          "torch_img_per_s": None if torch_ips is None else round(torch_ips, 2),
-          "torch_img_per_s_runs": [round(r, 2) for r in torch_rates],
-          "torch_max_rss_bytes": max(filter(None, torch_rss), default=None),
-          "ratio": None if not torch_ips else round(jax_ips / torch_ips, 3),
-          "others_cpu_share": others.fraction,
-      }
-      records.append(record)
-      if emit is not None:
-        emit(record)
+  for resolution, fading in _stages(model_config, resolutions, phases):
+    a = alpha if fading else 1.0
+    stage = prepare_jax_stage(model_config, resolution, fading, batch, a,
+                              compute_dtype=compute_dtype, ema_decay=ema_decay,
+                              microbatches=microbatches)
+    n = _steps_per_window(stage, steps, window_s)
+    command = (torch_command(vs_torch, model_config, resolution, batch, a, n, torch_python)
+               if vs_torch else None)
+    timed = time_stage(stage, batch=batch, steps=n, rounds=rounds, torch_cmd=command,
+                       torch_malloc_tuning=torch_malloc_tuning)
+    record = {
+        "kind": "stage", "resolution": resolution, "phase": "fade" if fading else "stable",
+        "alpha": a, "batch": batch, "image_channels": model_config.image_channels,
+        "steps_per_window": n, "rounds": rounds, "compile_s": round(stage.compile_s, 3),
+        "peak_mem_bytes": (None if stage.peak_bytes is None
+                           else stage.peak_bytes * stage.devices),
+        "peak_mem_bytes_per_device": stage.peak_bytes, "peak_mem_source": stage.peak_source,
+        "devices": stage.devices, "platform": stage.platform, **timed}
+    records.append(record)
+    if emit is not None:
+      emit(record)
   return records
 
 
@@ -420,11 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--window", type=float, default=2.0,
                  help="seconds per timed window; sets the steps per window (default: 2)")
   p.add_argument("--steps", type=int, help="steps per window (overrides --window)")
-  p.add_argument("--vs-torch", metavar="PATH",
-                 help="a PyTorch reference script printing one JSON line with img_per_s, "
-                      "e.g. ../shared/bench/torch_ref.py")
+  p.add_argument("--vs-torch", metavar="PATH", nargs="?", const=REFERENCE,
+                 help="also time the PyTorch reference of the same model: "
+                      "benchmarks/torch_reference.py, or a script at PATH that takes its "
+                      "flags and prints one JSON line with img_per_s")
   p.add_argument("--torch-python", metavar="EXE",
                  help="the Python that runs the reference (default: this one)")
+  p.add_argument("--torch-malloc", choices=("same", "default"), default="same",
+                 help="the reference's malloc: 'same' settings as this process, like for "
+                      "like (default), or glibc's 'default' (PyTorch as a user runs it)")
   p.add_argument("--target", type=float, default=1.2,
                  help="JAX/torch ratio the summary checks every stage against (default: 1.2)")
   p.add_argument("--cpu-devices", default="auto",
@@ -435,8 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
                  help="leave glibc's malloc as it is (by default it is told to keep freed "
                       "memory, which spares XLA:CPU a page fault per 4 KiB of its buffers "
                       "every step)")
-  p.add_argument("--torch-malloc-tuning", action="store_true",
-                 help="give the PyTorch reference the same malloc settings (GLIBC_TUNABLES)")
   p.add_argument("--json", metavar="PATH", help="also write the JSON lines to this file")
   return p
 
@@ -444,23 +448,61 @@ def build_parser() -> argparse.ArgumentParser:
 def _cpu_devices(text: str) -> int | None:
   if text == "auto":
     return core_count()
-  n = int(text)
+  try:
+    n = int(text)
+  except ValueError:
+    n = -1
   if n < 0:
-    raise ValueError("--cpu-devices must be 'auto', 0 (JAX's default) or a positive number")
+    raise ValueError(f"--cpu-devices {text!r}: choose 'auto', 0 (JAX's default) or a "
+                     "positive number")
   return n or None
+
+
+def malloc_note(malloc_tuned: bool, torch_malloc_tuned: bool) -> str | None:
+  """The line under the table when the two sides ran with different malloc settings."""
+  if malloc_tuned == torch_malloc_tuned:
+    return None
+  return ("note: not like for like: this process runs with "
+          f"{'tuned' if malloc_tuned else 'default'} malloc, the reference with "
+          f"{'tuned' if torch_malloc_tuned else 'default'} malloc (--torch-malloc same gives "
+          "both the same settings)")
+
+
+def _run(args, malloc_tuned: bool, torch_malloc_tuned: bool, emit) -> list[dict]:
+  import jax
+
+  import progae_jax
+  phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+  emit({"kind": "meta", "progae_jax": progae_jax.__version__, "jax": jax.__version__,
+        "backend": jax.default_backend(), "devices": len(jax.devices()),
+        "cpu_cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc_tuned": malloc_tuned, "torch_malloc_tuned": torch_malloc_tuned,
+        "vs_torch": args.vs_torch and os.path.relpath(args.vs_torch),
+        "ema_decay": args.ema_decay, "microbatches": args.microbatches})
+  records = run_bench(args.resolutions, batch=args.batch, phases=phases, alpha=args.alpha,
+                      rounds=args.rounds, window_s=args.window, steps=args.steps,
+                      vs_torch=args.vs_torch, torch_python=args.torch_python,
+                      image_channels=args.image_channels, compute_dtype=args.compute_dtype,
+                      ema_decay=args.ema_decay, microbatches=args.microbatches,
+                      torch_malloc_tuning=torch_malloc_tuned, emit=emit)
+  emit(summary(records, args.target if args.vs_torch else None))
+  return records
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+  try:
+    devices = _cpu_devices(args.cpu_devices)
+  except ValueError as e:
+    print(f"progae bench: error: {e}", file=sys.stderr)
+    return 2
   # First thing: devices and flags must be in place before JAX's backend starts.
   malloc = not args.no_malloc_tuning
-  warnings = configure_cpu(_cpu_devices(args.cpu_devices), args.xla_flags, malloc=malloc)
-  import jax
-
-  import progae_jax
+  warnings = configure_cpu(devices, args.xla_flags, malloc=malloc)
   for w in warnings:
     print(f"progae bench: warning: {w}", file=sys.stderr)
+  malloc_tuned = malloc and not any("malloc" in w for w in warnings)
+  torch_malloc_tuned = bool(args.vs_torch) and args.torch_malloc == "same" and malloc_tuned
   json_file = open(args.json, "w") if args.json else None
 
   def emit(record: dict) -> None:
@@ -471,20 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       json_file.flush()
 
   try:
-    emit({"kind": "meta", "progae_jax": progae_jax.__version__, "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": len(jax.devices()),
-          "cpu_cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "malloc_tuned": malloc and not any("malloc" in w for w in warnings),
-          "torch_malloc_tuned": args.torch_malloc_tuning, "vs_torch": args.vs_torch,
-          "ema_decay": args.ema_decay, "microbatches": args.microbatches})
-    records = run_bench(args.resolutions, batch=args.batch, phases=phases, alpha=args.alpha,
-                        rounds=args.rounds, window_s=args.window, steps=args.steps,
-                        vs_torch=args.vs_torch, torch_python=args.torch_python,
-                        image_channels=args.image_channels,
-                        compute_dtype=args.compute_dtype, ema_decay=args.ema_decay,
-                        microbatches=args.microbatches,
-                        torch_malloc_tuning=args.torch_malloc_tuning, emit=emit)
-    emit(summary(records, args.target if args.vs_torch else None))
+    records = _run(args, malloc_tuned, torch_malloc_tuned, emit)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f"progae bench: error: {e}", file=sys.stderr)
     return 2
@@ -493,10 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       json_file.close()
   print()
   print(format_table(records))
-  if args.vs_torch and malloc and not args.torch_malloc_tuning:
-    print("note: this process runs with tuned malloc (--no-malloc-tuning turns it off), the "
-          "reference with glibc's defaults (--torch-malloc-tuning gives it the same settings, "
-          "which speed PyTorch up as well)")
+  note = args.vs_torch and malloc_note(malloc_tuned, torch_malloc_tuned)
+  if note:
+    print(note)
   return 0
 
 

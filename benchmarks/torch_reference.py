@@ -1,0 +1,206 @@
+"""The default progae_jax model in plain PyTorch (eager): the stack a user would otherwise pick.
+
+    python benchmarks/torch_reference.py --res 32 --batch 64 --steps 30 --alpha 0.5
+
+Trains one stage on one fixed random batch and prints one JSON line: images per second over
+`--steps` timed steps (after 3 warm-up steps), the parameter count and the process's peak
+resident memory. `progae bench --vs-torch` runs it beside its own step, for the same stage,
+batch, alpha, image channels, channel widths and latent width, and reports the ratio.
+
+The same model as `progae_jax.ModelConfig()` (tests/test_bench.py compares the parameter
+count of every stage), the same step as `progae_jax.train.make_train_step`:
+
+    encoder at R:  from_image_R (1x1 conv, lrelu)
+                   block_r for r = R .. 8: conv3x3 C[r]->C[r], lrelu, conv3x3 C[r]->C[r/2],
+                                           lrelu, 2x2 average pool
+                   block_4: conv3x3 C[4]->C[4], lrelu; flatten; dense -> latent
+    decoder at R:  dense latent -> 4*4*C[4], lrelu; block_4: conv3x3, lrelu
+                   block_r for r = 8 .. R: nearest 2x upsample, conv3x3 C[r/2]->C[r], lrelu,
+                                           conv3x3 C[r]->C[r], lrelu
+                   to_image_R (1x1 conv, linear)
+    fading in R:   encoder  alpha * block_R(from_image_R(x))
+                              + (1 - alpha) * from_image_{R/2}(avgpool(x))
+                   decoder  alpha * to_image_R(block_R(f)) + (1 - alpha) * upsample(to_image_{R/2}(f))
+                   (the half-resolution adapters exist only while fading)
+    loss:          mean squared error against the faded target
+                   alpha * x + (1 - alpha) * upsample(avgpool(x)); Adam, learning rate 1e-3
+
+C is 128 up to 8x8, then halves per doubling (64 at 16, 32 at 32, ...), latent width 128,
+leaky ReLU slope 0.2, 'same' padding: `--ch` and `--latent` set other widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MIN_RESOLUTION = 4
+SLOPE = 0.2
+
+
+def default_channels(resolution: int) -> int:
+  """progae_jax's default width at a resolution (config.default_channels)."""
+  return max(1, min(128, 1024 // resolution))
+
+
+def conv3(i: int, o: int) -> nn.Conv2d:
+  return nn.Conv2d(i, o, 3, 1, 1)
+
+
+def lrelu() -> nn.LeakyReLU:
+  return nn.LeakyReLU(SLOPE)
+
+
+def halvings(top: int, bottom: int = 2 * MIN_RESOLUTION) -> list[int]:
+  """top, top/2, ..., bottom."""
+  out = []
+  while top >= bottom:
+    out.append(top)
+    top //= 2
+  return out
+
+
+class Encoder(nn.Module):
+  def __init__(self, res: int, fading: bool, image_channels: int, ch: dict, latent: int):
+    super().__init__()
+    self.res, self.fading = res, fading
+    adapters = (res, res // 2) if fading else (res,)
+    self.from_image = nn.ModuleDict(
+        {str(r): nn.Sequential(nn.Conv2d(image_channels, ch[r], 1), lrelu()) for r in adapters})
+    self.blocks = nn.ModuleDict({str(r): nn.Sequential(
+        conv3(ch[r], ch[r]), lrelu(), conv3(ch[r], ch[r // 2]), lrelu(), nn.AvgPool2d(2))
+        for r in halvings(res)})
+    c4 = ch[MIN_RESOLUTION]
+    self.final = nn.Sequential(conv3(c4, c4), lrelu(), nn.Flatten(),
+                               nn.Linear(MIN_RESOLUTION * MIN_RESOLUTION * c4, latent))
+
+  def forward(self, x, alpha: float):
+    h = self.from_image[str(self.res)](x)
+    for r in halvings(self.res):
+      h = self.blocks[str(r)](h)
+      if r == self.res and self.fading:
+        old = self.from_image[str(r // 2)](F.avg_pool2d(x, 2))
+        h = alpha * h + (1 - alpha) * old
+    return self.final(h)
+
+
+class Decoder(nn.Module):
+  def __init__(self, res: int, fading: bool, image_channels: int, ch: dict, latent: int):
+    super().__init__()
+    self.res, self.fading = res, fading
+    c4 = ch[MIN_RESOLUTION]
+    self.first = nn.Sequential(nn.Linear(latent, MIN_RESOLUTION * MIN_RESOLUTION * c4),
+                               lrelu(), nn.Unflatten(1, (c4, MIN_RESOLUTION, MIN_RESOLUTION)),
+                               conv3(c4, c4), lrelu())
+    self.blocks = nn.ModuleDict({str(r): nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), conv3(ch[r // 2], ch[r]), lrelu(),
+        conv3(ch[r], ch[r]), lrelu()) for r in halvings(res)})
+    adapters = (res, res // 2) if fading else (res,)
+    self.to_image = nn.ModuleDict({str(r): nn.Conv2d(ch[r], image_channels, 1)
+                                   for r in adapters})
+
+  def forward(self, z, alpha: float):
+    f = self.first(z)
+    for r in reversed(halvings(self.res // 2 if self.fading else self.res)):
+      f = self.blocks[str(r)](f)
+    if not self.fading:
+      return self.to_image[str(self.res)](f)
+    new = self.to_image[str(self.res)](self.blocks[str(self.res)](f))
+    old = F.interpolate(self.to_image[str(self.res // 2)](f), scale_factor=2, mode="nearest")
+    return alpha * new + (1 - alpha) * old
+
+
+def build(res: int, fading: bool, image_channels: int = 3, ch: dict | None = None,
+          latent: int = 128) -> tuple[Encoder, Decoder]:
+  """Encoder and decoder of one stage (`ch`: width per resolution, default progae_jax's)."""
+  if fading and res == MIN_RESOLUTION:
+    raise ValueError(f"the {MIN_RESOLUTION}x{MIN_RESOLUTION} stage cannot be fading")
+  ch = {r: default_channels(r) for r in halvings(res, MIN_RESOLUTION)} | dict(ch or {})
+  return (Encoder(res, fading, image_channels, ch, latent),
+          Decoder(res, fading, image_channels, ch, latent))
+
+
+def count_params(modules) -> int:
+  return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def faded_target(x, alpha: float):
+  if alpha >= 1.0:
+    return x
+  blurred = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+  return alpha * x + (1 - alpha) * blurred
+
+
+def peak_rss_bytes() -> int | None:
+  """This process's own peak resident memory (VmHWM; Linux), None where it cannot be read.
+
+  Read here, not by the parent: the parent cannot read a child that has exited, and the
+  child's rusage counts the pages it shared with its parent before exec.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def _channels(text: str) -> dict:
+  try:
+    return {int(k): int(v) for k, v in (kv.split(":") for kv in text.split(",") if kv)}
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 4:64,8:64,16:32") from None
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--res", type=int, default=32, help="the stage's resolution (default 32)")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--steps", type=int, default=30, help="timed steps, after 3 warm-up steps")
+  p.add_argument("--channels", type=int, default=3, help="image channels (default 3)")
+  p.add_argument("--alpha", type=float, default=0.5,
+                 help="fade-in blend; 1.0 is the stable stage (default 0.5)")
+  p.add_argument("--ch", type=_channels, default={},
+                 help="channels per resolution, e.g. 4:64,8:64,16:32 (default progae_jax's)")
+  p.add_argument("--latent", type=int, default=128, help="latent width (default 128)")
+  p.add_argument("--compile", action="store_true", help="run the step under torch.compile")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  a = parse_args(argv)
+  torch.manual_seed(0)
+  enc, dec = build(a.res, a.alpha < 1.0, a.channels, a.ch, a.latent)
+  opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+  x = torch.rand(a.batch, a.channels, a.res, a.res)
+
+  def step(x, alpha):
+    opt.zero_grad(set_to_none=True)
+    loss = F.mse_loss(dec(enc(x, alpha), alpha), faded_target(x, alpha))
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+  if a.compile:
+    step = torch.compile(step)
+  for _ in range(3):
+    step(x, a.alpha)
+  t = time.perf_counter()
+  for _ in range(a.steps):
+    loss = step(x, a.alpha)
+  float(loss)
+  dt = time.perf_counter() - t
+  print(json.dumps({"impl": "torch", "res": a.res, "batch": a.batch,
+                    "img_per_s": a.steps * a.batch / dt, "params": count_params((enc, dec)),
+                    "max_rss_bytes": peak_rss_bytes()}))
+
+
+if __name__ == "__main__":
+  main()
