@@ -39,6 +39,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from progae_jax import mfu
 from progae_jax.cpu import (MALLOC_TUNABLES, backend_started, configure_cpu,  # noqa: F401
                             core_count, tune_malloc)
 
@@ -61,6 +62,8 @@ class JaxStage:
   devices: int
   platform: str
   hlo_text: Callable[[], str] | None = None  # the compiled step's HLO text, for profiling
+  flops_per_step: float | None = None  # XLA's cost analysis, all devices (progae_jax.mfu)
+  device_kind: str = ""
 
 
 def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
@@ -129,7 +132,8 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
     if stats.get("peak_bytes_in_use"):
       peak, source = int(stats["peak_bytes_in_use"]), "device"
   return JaxStage(run, compile_s, peak, source, mesh.devices.size, device.platform,
-                  compiled.as_text)
+                  compiled.as_text, mfu.step_flops(compiled, mesh.devices.size),
+                  device.device_kind)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,12 +271,15 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
               torch_python: str | None = None, model_config=None, image_channels: int = 3,
               compute_dtype: str = "float32", torch_malloc_tuning: bool = False,
               ema_decay: float | None = None, microbatches: int = 1,
+              peak_tflops: float | None = None,
               emit: Callable[[dict], None] | None = None) -> list[dict]:
   """Times every (resolution, phase); returns (and emits, one by one) a record per stage.
 
   `steps` fixes the steps per timed window; by default they are chosen so that a window lasts
   about `window_s` seconds. With `vs_torch`, each round runs the reference once with the same
-  number of steps, in alternating order with this process's window.
+  number of steps, in alternating order with this process's window. `peak_tflops` (all
+  devices together) is what MFU is measured against; by default the chip's datasheet peak
+  where `progae_jax.mfu` knows it.
   """
   import jax
 
@@ -338,6 +345,10 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
           "torch_max_rss_bytes": max(filter(None, torch_rss), default=None),
           "ratio": None if not torch_ips else round(jax_ips / torch_ips, 3),
           "others_cpu_share": others.fraction,
+          "compute_dtype": compute_dtype,
+          **mfu.utilisation(stage.flops_per_step, jax_ips / batch,
+                            peak_tflops or mfu.peak_tflops(stage.device_kind, compute_dtype,
+                                                           stage.devices)),
       }
       records.append(record)
       if emit is not None:
@@ -364,14 +375,18 @@ def _mb(b):
 
 def format_table(records: list[dict]) -> str:
   has_torch = any(r.get("torch_img_per_s") is not None for r in records)
-  head = ["stage", "phase", "alpha", "batch", "JAX img/s", "compile s", "peak MB"]
+  has_mfu = any(r.get("mfu") is not None for r in records)
+  head = ["stage", "phase", "alpha", "batch", "JAX img/s", "TFLOP/s", "compile s", "peak MB"]
+  head += ["MFU"] if has_mfu else []
   if has_torch:
     head += ["torch img/s", "torch RSS MB", "JAX/torch"]
   rows = []
   for r in records:
     row = [f"{r['resolution']}x{r['resolution']}", r["phase"], f"{r['alpha']:g}",
-           str(r["batch"]), f"{r['jax_img_per_s']:.1f}", f"{r['compile_s']:.2f}",
+           str(r["batch"]), f"{r['jax_img_per_s']:.1f}",
+           "-" if r.get("tflops") is None else f"{r['tflops']:.3g}", f"{r['compile_s']:.2f}",
            _mb(r["peak_mem_bytes"])]
+    row += (["-" if r.get("mfu") is None else f"{r['mfu']:.1%}"] if has_mfu else [])
     if has_torch:
       t = r.get("torch_img_per_s")
       row += ["-" if t is None else f"{t:.1f}", _mb(r.get("torch_max_rss_bytes")),
@@ -440,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "every step)")
   p.add_argument("--torch-malloc-tuning", action="store_true",
                  help="give the PyTorch reference the same malloc settings (GLIBC_TUNABLES)")
+  p.add_argument("--peak-tflops", type=float, metavar="T",
+                 help="peak TFLOP/s of all devices together, for MFU (default: the datasheet "
+                      "peak of chips progae_jax.mfu knows, for the compute dtype; else none)")
   p.add_argument("--json", metavar="PATH", help="also write the JSON lines to this file")
   return p
 
@@ -485,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         vs_torch=args.vs_torch, torch_python=args.torch_python,
                         image_channels=args.image_channels,
                         compute_dtype=args.compute_dtype, ema_decay=args.ema_decay,
-                        microbatches=args.microbatches,
+                        microbatches=args.microbatches, peak_tflops=args.peak_tflops,
                         torch_malloc_tuning=args.torch_malloc_tuning, emit=emit)
     emit(summary(records, args.target if args.vs_torch else None))
   except (ValueError, FileNotFoundError, RuntimeError) as e:
