@@ -15,20 +15,23 @@
 # Other settings:
 #   PYTHON=python3       the interpreter (default python3)
 #   ALLOW_CPU=1          run on the CPU, at the smaller sizes below (to test this script)
-#   BUDGET_S=390         device seconds for the whole script: every step's time limit is cut
-#                        to what is left, and a step with under 15 s left is skipped
+#   BUDGET_S=360         seconds for the whole script on a GPU (with the machine's start, about
+#                        8 minutes of device time): each step's limit is cut to what is left,
+#                        and a step with under 15 s left is skipped
 #   VS_TORCH=PATH        the PyTorch reference (default: benchmarks/torch_reference.py if it is
 #                        there and $PYTHON has torch): one comparison, 32x32 stable, float32
 #
 # Steps, each under its own `timeout` (seconds, GPU sizes):
 #   env      60   card, driver, Python and package versions          -> env.txt
-#   smoke   180   experiments/gpu/smoke_tests.txt under pytest        -> smoke.txt
-#   data    120   image_patches prepared (scikit-image's photos)
-#   bench    60   each: progae bench, every stage (4x4 .. 32x32, fade and stable) at batch
-#                 64 (float32, bfloat16), images/s, TFLOP/s, MFU; then
-#   train   150   each: progae train --preset main, float32 then bfloat16; then
-#   bench    60   each: the same at batch 512 and 2048
-#   torch    90   PyTorch eager beside it (32x32 stable, batch 64), if a reference is there
+#   smoke   150   experiments/gpu/smoke_tests.txt under pytest        -> smoke.txt
+#   data     90   image_patches prepared (scikit-image's photos)
+#   bench    60   each: progae bench at the main job's batch, 64, every stage (4x4 .. 32x32,
+#                 fade and stable), float32 and bfloat16: images/s, TFLOP/s, MFU
+#   train   120   each: progae train --preset main, float32 then bfloat16
+#   torch    60   PyTorch eager beside it (32x32 stable, batch 64), if a reference is there
+#   bench    60   each: batch 512 and 2048, the stable phases (a fade costs what its stable
+#                 phase does, plus the old stage's small adapters), float32 and bfloat16
+# In that order, so that an overrun of the budget costs the largest batches first.
 # $OUT gets at most 8 files (what a device machine sends back): gpu_check.md (the tables),
 # env.txt, smoke.txt, bench.jsonl, train_float32.jsonl, train_bfloat16.jsonl, log.txt.
 # Scratch (wheels installed, data, work directories) goes to $WORK (default /tmp/progae_gpu).
@@ -55,7 +58,7 @@ if [ "$ALLOW_CPU" = "1" ]; then
 else
   BATCHES=${BATCHES:-"64 512 2048"}; BENCH_ARGS=(--rounds 3 --window 0.3)
   TRAIN_ARGS=()
-  BUDGET_S=${BUDGET_S:-390}; SCALE=${SCALE:-1}
+  BUDGET_S=${BUDGET_S:-360}; SCALE=${SCALE:-1}
 fi
 
 # step NAME LIMIT_S LOGFILE CMD...: runs CMD under `timeout`, the limit cut to the budget left.
@@ -121,40 +124,34 @@ fi
 
 # 2. The quick subset of the tests (on the CPU: it looks for API drift, not speed) ------------
 mapfile -t SMOKE < <(grep -v '^\s*#' experiments/gpu/smoke_tests.txt | grep .)
-step smoke 180 "$OUT/smoke.txt" "$PY" -m pytest -q -p no:cacheprovider "${SMOKE[@]}"
+step smoke 150 "$OUT/smoke.txt" "$PY" -m pytest -q -p no:cacheprovider "${SMOKE[@]}"
 
 # 3. Data -------------------------------------------------------------------------------------
 DATA="$WORK/tfds"
-step data 120 "$WORK/data.log" "$PY" -c \
+step data 90 "$WORK/data.log" "$PY" -c \
   "from progae_jax import data; data.prepare('image_patches', data_dir='$DATA')"
 
-# 4. Benchmark and main job, in this order: the main job's batch first, then the main job,
-# then the larger batches, so that an overrun of the budget costs the largest batches first.
-bench() {  # bench B DTYPE
+# 4. Benchmark, main job, PyTorch, larger batches ------------------------------------------
+bench() {  # bench BATCH DTYPE PHASES
   step "bench_b$1_$2" 60 "$WORK/bench_b$1_$2.log" "$PY" -m progae_jax.bench \
-    --resolutions 4,8,16,32 --batch "$1" --compute-dtype "$2" "${BENCH_ARGS[@]}" \
-    --json "$WORK/bench_b$1_$2.jsonl"
+    --resolutions 4,8,16,32 --phases "$3" --batch "$1" --compute-dtype "$2" \
+    "${BENCH_ARGS[@]}" --json "$WORK/bench_b$1_$2.jsonl"
   cat "$WORK/bench_b$1_$2.jsonl" >> "$OUT/bench.jsonl" 2>/dev/null
 }
 : > "$OUT/bench.jsonl"
 read -r -a BS <<< "$BATCHES"
-for DT in float32 bfloat16; do bench "${BS[0]}" "$DT"; done
+for DT in float32 bfloat16; do bench "${BS[0]}" "$DT" fade,stable; done
 
 for DT in float32 bfloat16; do
   rm -rf "$WORK/run_$DT"
-  step "train_$DT" 150 "$WORK/train_$DT.log" "$PY" -m progae_jax train --preset main \
+  step "train_$DT" 120 "$WORK/train_$DT.log" "$PY" -m progae_jax train --preset main \
     --compute-dtype "$DT" --data-dir "$DATA" --workdir "$WORK/run_$DT" --quiet "${TRAIN_ARGS[@]}"
   cp "$WORK/run_$DT/metrics.jsonl" "$OUT/train_$DT.jsonl" 2>/dev/null
 done
 
-for B in "${BS[@]:1}"; do
-  for DT in float32 bfloat16; do bench "$B" "$DT"; done
-done
-
-# 5. PyTorch eager beside it, at the main job's batch ----------------------------------------
 REF=${VS_TORCH:-benchmarks/torch_reference.py}
 if [ -f "$REF" ] && "$PY" -c "import torch" 2>/dev/null; then
-  step "torch_b${BS[0]}" 90 "$WORK/torch.log" "$PY" -m progae_jax.bench --resolutions 32 \
+  step "torch_b${BS[0]}" 60 "$WORK/torch.log" "$PY" -m progae_jax.bench --resolutions 32 \
     --phases stable --batch "${BS[0]}" "${BENCH_ARGS[@]}" --vs-torch "$REF" \
     --json "$WORK/torch.jsonl"
   cat "$WORK/torch.jsonl" >> "$OUT/bench.jsonl" 2>/dev/null
@@ -162,7 +159,11 @@ else
   log "torch: no PyTorch reference ($REF) or no torch in $PY: no comparison"
 fi
 
-# 6. Tables -----------------------------------------------------------------------------------
+for B in "${BS[@]:1}"; do
+  for DT in float32 bfloat16; do bench "$B" "$DT" stable; done
+done
+
+# 5. Tables -----------------------------------------------------------------------------------
 "$PY" experiments/gpu/report.py --out "$OUT" --timings "$TIMINGS" --cpu-sizes "$ALLOW_CPU" \
   >> "$LOG" 2>&1 || log "report FAILED"
 log "done: $OUT/gpu_check.md"
