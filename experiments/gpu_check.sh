@@ -29,8 +29,9 @@
 #                 fade and stable), float32 and bfloat16: images/s, TFLOP/s, MFU
 #   train   120   each: progae train --preset main, float32 then bfloat16
 #   torch    60   PyTorch eager beside it (32x32 stable, batch 64), if a reference is there
-#   bench    60   each: batch 512 and 2048, the stable phases (a fade costs what its stable
-#                 phase does, plus the old stage's small adapters), float32 and bfloat16
+#   bench    60   each: batch 512 and 2048, 8x8 to 32x32, the stable phases (a fade costs
+#                 what its stable phase does, plus the old stage's small adapters), float32
+#                 and bfloat16
 # In that order, so that an overrun of the budget costs the largest batches first.
 # $OUT gets at most 8 files (what a device machine sends back): gpu_check.md (the tables),
 # env.txt, smoke.txt, bench.jsonl, train_float32.jsonl, train_bfloat16.jsonl, log.txt.
@@ -108,7 +109,7 @@ import importlib.metadata as m, platform, jax
 print(f"python {platform.python_version()}; backend {jax.default_backend()}; "
       f"devices {jax.device_count()} x {jax.devices()[0].device_kind}")
 for d in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "numpy",
-          "tensorflow-datasets", "grain", "array-record", "dm-pix", "torch"):
+          "protobuf", "tensorflow-datasets", "grain", "array-record", "dm-pix", "torch"):
   try:
     print(f"{d} {m.version(d)}")
   except m.PackageNotFoundError:
@@ -132,15 +133,15 @@ step data 90 "$WORK/data.log" "$PY" -c \
   "from progae_jax import data; data.prepare('image_patches', data_dir='$DATA')"
 
 # 4. Benchmark, main job, PyTorch, larger batches ------------------------------------------
-bench() {  # bench BATCH DTYPE PHASES
+bench() {  # bench BATCH DTYPE RESOLUTIONS PHASES
   step "bench_b$1_$2" 60 "$WORK/bench_b$1_$2.log" "$PY" -m progae_jax.bench \
-    --resolutions 4,8,16,32 --phases "$3" --batch "$1" --compute-dtype "$2" \
+    --resolutions "$3" --phases "$4" --batch "$1" --compute-dtype "$2" \
     "${BENCH_ARGS[@]}" --json "$WORK/bench_b$1_$2.jsonl"
   cat "$WORK/bench_b$1_$2.jsonl" >> "$OUT/bench.jsonl" 2>/dev/null
 }
 : > "$OUT/bench.jsonl"
 read -r -a BS <<< "$BATCHES"
-for DT in float32 bfloat16; do bench "${BS[0]}" "$DT" fade,stable; done
+for DT in float32 bfloat16; do bench "${BS[0]}" "$DT" 4,8,16,32 fade,stable; done
 
 for DT in float32 bfloat16; do
   rm -rf "$WORK/run_$DT"
@@ -160,7 +161,7 @@ else
 fi
 
 for B in "${BS[@]:1}"; do
-  for DT in float32 bfloat16; do bench "$B" "$DT" stable; done
+  for DT in float32 bfloat16; do bench "$B" "$DT" 8,16,32 stable; done
 done
 
 # 5. Tables -----------------------------------------------------------------------------------
