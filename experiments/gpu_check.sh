@@ -93,7 +93,8 @@ if [ -n "${WHEELS:-}" ]; then
   log "no-install mode: $WHEELS/*.whl -> $SITE (--no-deps --target)"
   rm -rf "$SITE"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$WHEELS"/*.whl >> "$LOG" 2>&1 || { log "installing the wheels FAILED"; exit 4; }
+    --target "$SITE" "$WHEELS"/*.whl >> "$LOG" 2>&1 \
+    || { log "installing the wheels FAILED (see $LOG)"; exit 4; }
   export PYTHONPATH="$PWD:$SITE"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -92,7 +92,8 @@ def torch_table(bench: list[dict]) -> list[str]:
 
 
 def _result(rc: str) -> str:
-  return {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run"}.get(rc, f"exit {rc}")
+  names = {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run"}
+  return names.get(rc, f"exit {rc}")
 
 
 def train_table(out: str, timings: dict) -> list[str]:
