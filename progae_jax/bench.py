@@ -43,6 +43,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from progae_jax import mfu
 from progae_jax.cpu import MALLOC_TUNABLES, configure_cpu, core_count
 
 DEFAULT_RESOLUTIONS = (8, 16, 32)
@@ -64,6 +65,8 @@ class JaxStage:
   devices: int
   platform: str
   hlo_text: Callable[[], str] | None = None  # the compiled step's HLO text, for profiling
+  flops_per_step: float | None = None  # XLA's cost analysis, all devices (progae_jax.mfu)
+  device_kind: str = ""
 
 
 def _state_at(config, resolution: int, fading: bool, optimizer, mesh):
@@ -123,7 +126,8 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
     if stats.get("peak_bytes_in_use"):
       peak, source = int(stats["peak_bytes_in_use"]), "device"
   return JaxStage(run, compile_s, peak, source, mesh.devices.size, device.platform,
-                  compiled.as_text)
+                  compiled.as_text, mfu.step_flops(compiled, mesh.devices.size),
+                  device.device_kind)
 
 
 def _xla_peak_bytes(compiled) -> int | None:
@@ -302,6 +306,7 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
               torch_python: str | None = None, model_config=None, image_channels: int = 3,
               compute_dtype: str = "float32", torch_malloc_tuning: bool = False,
               ema_decay: float | None = None, microbatches: int = 1,
+              peak_tflops: float | None = None,
               emit: Callable[[dict], None] | None = None) -> list[dict]:
   """Times every (resolution, phase); returns (and emits, one by one) a record per stage.
 
@@ -309,6 +314,8 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
   about `window_s` seconds. With `vs_torch` (the reference script), each round runs it once
   with the same number of steps, in alternating order with this process's window;
   `torch_malloc_tuning` gives it the malloc settings of `tune_malloc`.
+  `peak_tflops` (all devices together) is what MFU is measured against; by default the
+  chip's datasheet peak where `progae_jax.mfu` knows it.
   """
   from progae_jax.config import ModelConfig
 
@@ -337,7 +344,11 @@ def run_bench(resolutions: Sequence[int] = DEFAULT_RESOLUTIONS, *, batch: int = 
         "peak_mem_bytes": (None if stage.peak_bytes is None
                            else stage.peak_bytes * stage.devices),
         "peak_mem_bytes_per_device": stage.peak_bytes, "peak_mem_source": stage.peak_source,
-        "devices": stage.devices, "platform": stage.platform, **timed}
+        "devices": stage.devices, "platform": stage.platform, "compute_dtype": compute_dtype,
+        **timed}
+    record.update(mfu.utilisation(
+        stage.flops_per_step, record["jax_img_per_s"] / batch,
+        peak_tflops or mfu.peak_tflops(stage.device_kind, compute_dtype, stage.devices)))
     records.append(record)
     if emit is not None:
       emit(record)
@@ -363,14 +374,18 @@ def _mb(b):
 
 def format_table(records: list[dict]) -> str:
   has_torch = any(r.get("torch_img_per_s") is not None for r in records)
-  head = ["stage", "phase", "alpha", "batch", "JAX img/s", "compile s", "peak MB"]
+  has_mfu = any(r.get("mfu") is not None for r in records)
+  head = ["stage", "phase", "alpha", "batch", "JAX img/s", "TFLOP/s", "compile s", "peak MB"]
+  head += ["MFU"] if has_mfu else []
   if has_torch:
     head += ["torch img/s", "torch RSS MB", "JAX/torch"]
   rows = []
   for r in records:
     row = [f"{r['resolution']}x{r['resolution']}", r["phase"], f"{r['alpha']:g}",
-           str(r["batch"]), f"{r['jax_img_per_s']:.1f}", f"{r['compile_s']:.2f}",
+           str(r["batch"]), f"{r['jax_img_per_s']:.1f}",
+           "-" if r.get("tflops") is None else f"{r['tflops']:.3g}", f"{r['compile_s']:.2f}",
            _mb(r["peak_mem_bytes"])]
+    row += (["-" if r.get("mfu") is None else f"{r['mfu']:.1%}"] if has_mfu else [])
     if has_torch:
       t = r.get("torch_img_per_s")
       row += ["-" if t is None else f"{t:.1f}", _mb(r.get("torch_max_rss_bytes")),
@@ -441,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="leave glibc's malloc as it is (by default it is told to keep freed "
                       "memory, which spares XLA:CPU a page fault per 4 KiB of its buffers "
                       "every step)")
+  p.add_argument("--peak-tflops", type=float, metavar="T",
+                 help="peak TFLOP/s of all devices together, for MFU (default: the datasheet "
+                      "peak of chips progae_jax.mfu knows, for the compute dtype; else none)")
   p.add_argument("--json", metavar="PATH", help="also write the JSON lines to this file")
   return p
 
@@ -484,7 +502,8 @@ def _run(args, malloc_tuned: bool, torch_malloc_tuned: bool, emit) -> list[dict]
                       vs_torch=args.vs_torch, torch_python=args.torch_python,
                       image_channels=args.image_channels, compute_dtype=args.compute_dtype,
                       ema_decay=args.ema_decay, microbatches=args.microbatches,
-                      torch_malloc_tuning=torch_malloc_tuned, emit=emit)
+                      peak_tflops=args.peak_tflops, torch_malloc_tuning=torch_malloc_tuned,
+                      emit=emit)
   emit(summary(records, args.target if args.vs_torch else None))
   return records
 

@@ -1,0 +1,52 @@
+"""Model FLOP utilisation (MFU) of a compiled training step.
+
+    FLOPs per step     XLA's own count for the compiled step (`compiled.cost_analysis()`):
+                       convolutions, elementwise work, Adam; for one device's share of a
+                       data-parallel step, so times the devices for the whole step
+    achieved TFLOP/s   FLOPs per step x steps per second / 1e12
+    MFU                achieved / the devices' peak (datasheet, dense, the dtype's unit)
+
+The peak depends on the chip and on the unit the step's dtype runs on. XLA on NVIDIA GPUs runs
+float32 convolutions on the tensor cores as TF32 at JAX's default precision, so float32's peak
+is TF32's. Chips not in `PEAK_TFLOPS` get no MFU unless the caller names a peak
+(`progae bench --peak-tflops`).
+"""
+
+from __future__ import annotations
+
+# Dense datasheet TFLOP/s per device, by (jax device_kind, compute dtype). H200 SXM and H100
+# SXM share their arithmetic (NVIDIA H100/H200 datasheets: bf16 989.4, TF32 494.7).
+PEAK_TFLOPS = {
+    ("NVIDIA H200", "bfloat16"): 989.4,
+    ("NVIDIA H200", "float32"): 494.7,
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989.4,
+    ("NVIDIA H100 80GB HBM3", "float32"): 494.7,
+}
+
+
+def step_flops(compiled, devices: int = 1) -> float | None:
+  """FLOPs of one whole step: XLA's count for one device's module, times the devices.
+
+  None where the backend gives no count. (JAX before 0.4.30 returned a list of dicts here;
+  every JAX this package admits returns one dict.)
+  """
+  analysis = compiled.cost_analysis()
+  if not analysis or analysis.get("flops") is None:
+    return None
+  return float(analysis["flops"]) * devices
+
+
+def peak_tflops(device_kind: str, compute_dtype: str, devices: int = 1) -> float | None:
+  """The datasheet peak of `devices` such devices for this dtype; None if not known."""
+  per_device = PEAK_TFLOPS.get((device_kind, compute_dtype))
+  return None if per_device is None else per_device * devices
+
+
+def utilisation(flops_per_step: float | None, steps_per_s: float,
+                peak: float | None) -> dict:
+  """{"flops_per_step", "tflops" (achieved), "mfu" (None without a peak), "peak_tflops"}."""
+  if flops_per_step is None:
+    return {"flops_per_step": None, "tflops": None, "mfu": None, "peak_tflops": peak}
+  tflops = flops_per_step * steps_per_s / 1e12
+  return {"flops_per_step": flops_per_step, "tflops": float(f"{tflops:.4g}"),
+          "mfu": None if not peak else float(f"{tflops / peak:.4g}"), "peak_tflops": peak}
