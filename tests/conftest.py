@@ -1,6 +1,9 @@
 """What every test file shares: the prepared data and the tiny run.
 
 `data_dir` holds every built-in dataset, prepared once per session with the network cut off.
+One persistent XLA compilation cache serves the session (and the processes it starts): the
+same tiny step compiled by two tests is compiled once, and a cached executable is the very
+one a fresh compile makes, so no number changes.
 `tiny_run()` is the tests' run as a `progae train --preset digits --config` file's fields:
 the digits (8x8 grayscale), 4x4 -> 8x8, 8 channels and an 8-wide latent, so a real run
 compiles and trains in seconds. Each test file changes only what its tests are about (the
@@ -10,7 +13,9 @@ TrainConfig, for tests that train in this process.
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 
 # The tests run on the CPU, whatever accelerator the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,6 +32,28 @@ TINY_RUN = {
     # Only at phase ends, unless a test asks for more.
     "eval_every_images": 10**9, "checkpoint_every_images": 10**9,
 }
+
+
+_CACHE_DIR = None
+
+
+def pytest_configure(config):
+  global _CACHE_DIR
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # The caller's own cache.
+  _CACHE_DIR = tempfile.mkdtemp(prefix="progae-tests-xla-cache-")
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  import jax  # Reads the variables now; set again in case a plugin imported it already.
+  jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  if _CACHE_DIR is not None:
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def tiny_run(**changes) -> dict:
