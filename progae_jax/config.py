@@ -2,7 +2,8 @@
 
 Also the checks every config and every layer of the library share: what counts as an integer
 (`is_int`: never a bool) or a number (`is_number`), the one error for a bad field
-(`check_field`), and the stages a model grows through (`resolutions_up_to`).
+(`check_field`), the stages a model grows through (`resolutions_up_to`), and the strict
+reading of configs from dicts (`check_keys`: no key that is not a field).
 """
 
 from __future__ import annotations
@@ -59,6 +60,37 @@ def check_ints(config: Any, fields: Iterable[str], at_least: int) -> None:
 def default_channels(max_resolution: int) -> dict[int, int]:
   """Feature channels per resolution: 128 up to 8x8, then halving (64 at 16, 32 at 32, ...)."""
   return {r: max(1, min(128, 1024 // r)) for r in resolutions_up_to(max_resolution)}
+
+
+class ConfigError(ValueError):
+  """A config (a file, a dict, an override) that does not have the shape of the dataclasses:
+  a key that is not a field, or a mapping that is not a mapping."""
+
+
+def check_keys(d: Any, allowed, where: str) -> Mapping:
+  """`d` itself if it is a mapping whose keys are all in `allowed` (None: any key); else one
+  `ConfigError` naming the first stray key, where it sat ('' for the top level) and what is
+  allowed there."""
+  place = f"'{where}'" if where else "the config"
+  if not isinstance(d, Mapping):
+    got = "null" if d is None else f"{type(d).__name__} {str(d)[:60]}"
+    raise ConfigError(f"{place} must be a mapping of keys to values (a JSON object), got {got}")
+  for key in d:
+    if allowed is not None and key not in allowed:
+      there = f"in '{where}'" if where else "at the top level"
+      raise ConfigError(f"unknown key {key!r} {there}; allowed there: "
+                        f"{', '.join(sorted(allowed))}")
+  return d
+
+
+def resolution_key(key: Any, where: str) -> int:
+  """A resolution given as a mapping key: 16 or "16" (JSON keys are strings)."""
+  try:
+    if isinstance(key, bool) or float(key) != int(key):
+      raise ValueError
+    return int(key)
+  except (TypeError, ValueError):
+    raise ConfigError(f"key {key!r} in '{where}' is not a resolution (4, 8, 16, ...)") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +167,12 @@ class ModelConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: Mapping) -> "ModelConfig":
-    d = dict(d)
+  def from_dict(cls, d: Any, where: str = "model") -> "ModelConfig":
+    """Inverts `to_dict`; a key that is not a field is a `ConfigError` naming it and the
+    fields (`where` says where the dict sat in a bigger config)."""
+    d = dict(check_keys(d, [f.name for f in dataclasses.fields(cls)], where))
     if isinstance(d.get("channels"), Mapping):
-      d["channels"] = {int(r): c for r, c in d["channels"].items()}
+      d["channels"] = {resolution_key(r, f"{where}.channels"): c
+                       for r, c in d["channels"].items()}
     return cls(**d)
+

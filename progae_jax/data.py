@@ -50,6 +50,8 @@ FIT_MODES = ("pad", "resize", "error")
 _DEFAULT_IMAGE_KEY = "image"
 _DEFAULT_TRAIN_SPLIT = "train"
 _DEFAULT_TEST_SPLIT = "test"
+# The keyword options every dataset function takes (TrainConfig.dataset_options).
+DATASET_OPTIONS = ("fit", "image_key", "test_split", "train_split")
 
 
 class DataError(ValueError):
@@ -454,7 +456,7 @@ def _check_images(batch: np.ndarray, where: str) -> None:
 def _options(opts: dict) -> dict:
   known = {"image_key": _DEFAULT_IMAGE_KEY, "train_split": _DEFAULT_TRAIN_SPLIT,
            "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad"}
-  unknown = sorted(set(opts) - set(known))
+  unknown = sorted(set(opts) - set(DATASET_OPTIONS))
   if unknown:
     raise TypeError(f"unknown dataset options {unknown}; known: {sorted(known)}")
   out = {**known, **{k: v for k, v in opts.items() if v is not None}}

@@ -15,7 +15,8 @@ import dataclasses
 import math
 from typing import Any, Literal, Mapping
 
-from progae_jax.config import MIN_RESOLUTION, ModelConfig, check_field, check_ints, is_number
+from progae_jax.config import (MIN_RESOLUTION, ModelConfig, check_field, check_ints,
+                               check_keys, is_number, resolution_key)
 
 
 # What `optimizer_on_growth` may be (see TrainConfig).
@@ -114,15 +115,26 @@ class TrainConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: Mapping) -> "TrainConfig":
-    d = dict(d)
+  def from_dict(cls, d: Any) -> "TrainConfig":
+    """Inverts `to_dict`, strictly: a key that is not a field, at any level, is one
+    `ConfigError` naming the key, where it was and the keys allowed there."""
+    d = dict(check_keys(d, [f.name for f in dataclasses.fields(cls)], ""))
     if "model" in d:
       d["model"] = ModelConfig.from_dict(d["model"])
     if "default_stage" in d:
-      d["default_stage"] = StageSchedule(**d["default_stage"])
+      d["default_stage"] = _stage_from_dict(d["default_stage"], "default_stage")
     if "stages" in d:
-      d["stages"] = {int(r): StageSchedule(**s) for r, s in d["stages"].items()}
+      d["stages"] = {resolution_key(r, "stages"): _stage_from_dict(s, f"stages.{r}")
+                     for r, s in check_keys(d["stages"], None, "stages").items()}
+    if "dataset_options" in d:
+      from progae_jax.data import DATASET_OPTIONS  # tfds is imported only when options are
+      check_keys(d["dataset_options"], DATASET_OPTIONS, "dataset_options")
     return cls(**d)
+
+
+def _stage_from_dict(d: Any, where: str) -> StageSchedule:
+  return StageSchedule(**check_keys(d, [f.name for f in dataclasses.fields(StageSchedule)],
+                                    where))
 
 
 @dataclasses.dataclass(frozen=True)
