@@ -9,9 +9,8 @@ from PIL import Image
 from progae_jax import ModelConfig, writers
 from progae_jax.schedule import StageSchedule, TrainConfig, phases
 
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator",
-    reason="the tensorboard extra (pip install -e '.[test]') reads the event files back")
+# The viewer's own reader (the tensorboard package is in the test extra).
+from tensorboard.backend.event_processing import event_accumulator
 
 CONFIG = TrainConfig(model=ModelConfig(image_channels=1, max_resolution=8, channels={4: 4, 8: 4},
                                        latent_dim=4),
