@@ -92,6 +92,16 @@ def _train_parser(sub) -> None:
   p.add_argument("--num-processes", type=_positive_int)
   p.add_argument("--process-id", type=int)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  w = p.add_argument_group("watching (docs/watching.md)")
+  w.add_argument("--no-tensorboard", action="store_true",
+                 help="no TensorBoard event files in WORKDIR/tensorboard/")
+  w.add_argument("--wandb", action="store_true",
+                 help="also log to Weights & Biases (pip install wandb; offline without network)")
+  w.add_argument("--profile-steps", type=_positive_int, metavar="N",
+                 help="record a jax.profiler trace of N steps after the first step of each "
+                      "stage in --profile-stages, into WORKDIR/profile/")
+  w.add_argument("--profile-stages", metavar="R,R",
+                 help="resolutions to profile, e.g. 16,32 (default: the last stage)")
 
 
 def build_config(args) -> "TrainConfig":

@@ -58,7 +58,20 @@ def load(path: str) -> dict:
   if not isinstance(fields, dict):
     got = "null" if fields is None else type(fields).__name__
     raise ConfigError(f"--config {path}: holds {got}, not a mapping of TrainConfig fields")
+  check_keys(fields, f"--config {path}")
   return fields
+
+
+def check_keys(fields: dict, source: str) -> None:
+  """The key check of TrainConfig.from_dict on what one source (a file, an override) holds,
+  its errors naming the source. Values are checked once the config is whole."""
+  from progae_jax.schedule import TrainConfig
+  try:
+    TrainConfig.from_dict(fields)
+  except ConfigError as e:
+    raise ConfigError(f"{source}: {e}") from None
+  except ValueError:
+    pass  # A value that fits only with the rest of the config (or is wrong: reported then).
 
 
 def _from_python(path: str) -> Any:
@@ -118,7 +131,6 @@ def parse_value(text: str) -> Any:
 
 def apply_override(fields: dict, dotted: str, text: str) -> None:
   """Sets `fields[a][b][c]` for `a.b.c`, after checking the key is a TrainConfig field."""
-  from progae_jax.schedule import TrainConfig
   keys = dotted.split(".")
   if not all(keys):
     raise ConfigError(f"{OVERRIDE_PREFIX}{dotted}: not a dotted key such as model.latent_dim")
@@ -126,14 +138,16 @@ def apply_override(fields: dict, dotted: str, text: str) -> None:
   alone = value
   for key in reversed(keys):
     alone = {key: alone}
-  try:  # The same check as a file's, on a config holding only this key.
-    TrainConfig.from_dict(alone)
-  except ConfigError as e:
-    raise ConfigError(f"{OVERRIDE_PREFIX}{dotted}: {e}") from None
-  except ValueError:
-    pass  # A value that fits only with the rest of the config: checked once it is whole.
+  check_keys(alone, f"{OVERRIDE_PREFIX}{dotted}")
+  from progae_jax.schedule import TrainConfig
+  view = merge(TrainConfig().to_dict(), fields)  # What each key holds now, defaults included.
   node = fields
-  for key in keys[:-1]:
+  for i, key in enumerate(keys[:-1]):
+    view = view.get(key, {}) if isinstance(view, dict) else view
+    if not isinstance(view, dict):
+      raise ConfigError(f"{OVERRIDE_PREFIX}{dotted}: '{'.'.join(keys[:i + 1])}' holds "
+                        f"{view!r}, not a mapping; set it with "
+                        f"{OVERRIDE_PREFIX}{'.'.join(keys[:i + 1])}=VALUE")
     if not isinstance(node.get(key), dict):
       node[key] = {}
     node = node[key]
