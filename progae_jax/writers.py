@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import uuid
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,7 @@ class WandbWriter:
       with open(id_path) as f:
         run_id = f.read().strip()
     else:
-      run_id = wandb.util.generate_id()
+      run_id = uuid.uuid4().hex[:8]
       with open(id_path, "w") as f:
         f.write(run_id + "\n")
     self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "progae_jax"),

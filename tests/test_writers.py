@@ -107,3 +107,10 @@ def test_only_process_0_writes(tmp_path):
   out.train({"images_seen": 32, "loss": 1.0}, 1e-3)
   out.close()
   assert not os.path.exists(tmp_path / "tensorboard")
+
+
+def test_wandb_without_the_package_is_one_clear_error(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "wandb", None)  # As if it were not installed.
+  with pytest.raises(ValueError, match="--wandb needs the wandb package: pip install wandb"):
+    writers.open_writers(str(tmp_path), CONFIG, resume_at=0, tensorboard=False, wandb=True)
