@@ -178,13 +178,14 @@ def cmd_train(args) -> int:
   from progae_jax.schedule import phases
 
   config = build_config(args)
+  watch = _watch(args, config)
   _set_up_cpu(args, config)
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   workdir = args.workdir or os.path.join("runs", _run_name(args, config))
   mesh = parallel.make_mesh(args.num_devices)
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
-                                    stop_after_images=args.stop_after_images)
+                                    stop_after_images=args.stop_after_images, watch=watch)
   finished = result.images_seen >= phases(config)[-1].end
   if parallel.is_main_process() and finished and result.final_eval:
     e = result.final_eval
@@ -193,6 +194,17 @@ def cmd_train(args) -> int:
     if result.pictures:
       print(f"reconstructions: {os.path.abspath(result.pictures[-1])}")
   return 0
+
+
+def _watch(args, config) -> "Watch":
+  from progae_jax import profiling
+  from progae_jax.writers import Watch
+  if args.profile_stages and not args.profile_steps:
+    raise ValueError("--profile-stages needs --profile-steps N (how many steps to trace)")
+  stages = (profiling.parse_stages(args.profile_stages, config.model.resolutions)
+            if args.profile_stages else ())
+  return Watch(tensorboard=not args.no_tensorboard, wandb=args.wandb,
+               profile_steps=args.profile_steps or 0, profile_stages=stages)
 
 
 def _run_name(args, config) -> str:

@@ -15,20 +15,23 @@ the step axis in images seen (the axis of metrics.jsonl and of the schedule):
 The event files are written by tensorboardX (no TensorFlow); clu's metric writers need
 TensorFlow for event files, so they are not used here.
 
-Resuming: everything a run writes at or before a checkpoint was written before that
-checkpoint was saved (phase-end markers and pictures included), so a resumed run writes only
-what follows it. Its event file starts with TensorBoard's purge marker (`purge_step`, a
-SessionLog.START) one image past the checkpoint, so what a stopped run logged past its last
-checkpoint is dropped by the readers and each step is shown once, as metrics.jsonl does.
+Resuming: everything a run writes at or before a checkpoint is written (and flushed to disk)
+before that checkpoint is saved, phase-end markers and pictures included, so a resumed run
+writes only what follows it. Its event file starts with TensorBoard's purge marker (a
+SessionLog.START one image past the checkpoint, as SummaryWriter's `purge_step` writes), so
+the readers drop what a stopped run logged past its last checkpoint and each step is shown
+once, as in metrics.jsonl.
 
 Only process 0 writes; the others get writers that do nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -39,6 +42,20 @@ EVAL_KEYS = ("mse", "psnr", "ssim", "psnr_full", "ssim_full")
 TRAIN_KEYS = ("loss", "psnr", "grad_norm", "alpha", "resolution", "images_per_s")
 
 
+@dataclasses.dataclass(frozen=True)
+class Watch:
+  """How a run is watched: not part of TrainConfig, since it changes nothing the weights mean
+  and may differ between a run and its resume."""
+  # TensorBoard event files in WORKDIR/tensorboard/.
+  tensorboard: bool = True
+  # The same to Weights & Biases (needs the wandb package).
+  wandb: bool = False
+  # A jax.profiler trace of this many steps after the first of each of `profile_stages`.
+  profile_steps: int = 0
+  # Resolutions to profile; empty: the last stage.
+  profile_stages: tuple[int, ...] = ()
+
+
 def _hparams(config_dict: dict) -> dict[str, bool | int | float | str]:
   """The config's leaves by dotted key, as the hparams dashboard takes them (None left out)."""
   from progae_jax.config_files import flatten
@@ -47,49 +64,69 @@ def _hparams(config_dict: dict) -> dict[str, bool | int | float | str]:
 
 
 class TensorBoardWriter:
-  """Event files of one run, in WORKDIR/tensorboard/ (tensorboardX)."""
+  """Event files of one run, in WORKDIR/tensorboard/, written by tensorboardX.
+
+  Written synchronously, in the loop's thread: a step's scalars cost ~40 us this way (one
+  event for all of them), less than handing them to SummaryWriter's writer thread, and
+  `flush` can promise that everything written so far is on disk (done at every checkpoint).
+  """
 
   def __init__(self, workdir: str, config_dict: dict, resume_at: int):
-    from tensorboardX import SummaryWriter
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import SessionLog
     self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
-    # A fresh run (resume_at 0) purges whatever an earlier run (--restart) left in the folder.
+    os.makedirs(self.logdir, exist_ok=True)
     # Files are read in name order and named by the second they were opened in; the suffix
     # keeps a resumed run's file apart from (and after) one opened in the same second.
-    # A long queue: the loop hands over a window of steps at once, and should not wait for
-    # the writer's thread to catch up.
-    self._writer = SummaryWriter(self.logdir, purge_step=resume_at + 1 if resume_at else 0,
-                                 flush_secs=30, max_queue=1000,
-                                 filename_suffix=f".from{resume_at:012d}")
+    self._events = EventsWriter(os.path.join(self.logdir, "events"), f".from{resume_at:012d}")
+    # TensorBoard's purge marker (SummaryWriter's purge_step): the readers drop what earlier
+    # files hold at this step or later. A fresh run (--restart) hides the whole old run.
+    self._write(resume_at + 1 if resume_at else 0,
+                session_log=SessionLog(status=SessionLog.START))
     if not resume_at:
       self._write_config(config_dict)
 
+  def _write(self, step: int, **event) -> None:
+    from tensorboardX.proto.event_pb2 import Event
+    self._events.write_event(Event(wall_time=time.time(), step=step, **event))
+
   def _write_config(self, config_dict: dict) -> None:
-    from tensorboardX.summary import hparams
+    from tensorboardX import summary
     text = json.dumps(config_dict, indent=2, sort_keys=True)
-    self._writer.add_text("config", "```\n" + text + "\n```", 0)
+    self._write(0, summary=summary.text("config", "```\n" + text + "\n```"))
     # The hparams dashboard compares runs by their config and held-out metrics; the metrics
     # are the eval/ scalars this run writes (the dashboard shows their last values).
-    experiment, session_start, _ = hparams(_hparams(config_dict),
-                                           {f"eval/{k}": 0.0 for k in EVAL_KEYS})
-    self._writer.file_writer.add_summary(experiment)
-    self._writer.file_writer.add_summary(session_start)
+    experiment, session_start, _ = summary.hparams(_hparams(config_dict),
+                                                   {f"eval/{k}": 0.0 for k in EVAL_KEYS})
+    self._write(0, summary=experiment)
+    self._write(0, summary=session_start)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
-    # One event holding every value of the step: add_scalar per value (an event each, and a
-    # numpy check of each value) cost ~7x as much host time per step.
     from tensorboardX.proto.summary_pb2 import Summary
-    self._writer.file_writer.add_summary(Summary(value=[
-        Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()]),
-        step)
+    self._write(step, summary=Summary(value=[
+        Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()]))
 
   def image(self, step: int, tag: str, picture: np.ndarray) -> None:
-    self._writer.add_image(tag, picture, step, dataformats="HWC")
+    from tensorboardX import summary
+    self._write(step, summary=summary.image(tag, picture, dataformats="HWC"))
 
   def text(self, step: int, tag: str, text: str) -> None:
-    self._writer.add_text(tag, text, step)
+    from tensorboardX import summary
+    self._write(step, summary=summary.text(tag, text))
+
+  def flush(self) -> None:
+    self._events.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    self._events.close()
+
+
+def require_wandb() -> None:
+  """Checked before a run changes anything: --wandb without the package is one line."""
+  try:
+    import wandb  # noqa: F401
+  except ImportError:
+    raise ValueError("--wandb needs the wandb package: pip install wandb") from None
 
 
 class WandbWriter:
@@ -99,10 +136,8 @@ class WandbWriter:
   """
 
   def __init__(self, workdir: str, config_dict: dict, resume_at: int):
-    try:
-      import wandb
-    except ImportError:
-      raise ValueError("--wandb needs the wandb package: pip install wandb") from None
+    require_wandb()
+    import wandb
     self._wandb = wandb
     mode, why = _wandb_mode()
     id_path = os.path.join(workdir, "wandb_id")
@@ -128,6 +163,9 @@ class WandbWriter:
 
   def text(self, step: int, tag: str, text: str) -> None:
     self.run.log({tag: self._wandb.Html(f"<pre>{text}</pre>")}, step=step)
+
+  def flush(self) -> None:
+    pass  # W&B's own process sends what was logged.
 
   def close(self) -> None:
     self.run.finish()
@@ -184,6 +222,11 @@ class Writers:
       if picture is not None:
         name = os.path.splitext(os.path.basename(picture_path))[0].removeprefix("recon_")
         w.image(phase.end, f"reconstructions/{name}", picture)
+
+  def flush(self) -> None:
+    """Everything written so far to disk (at a checkpoint: what precedes it is kept)."""
+    for w in self._writers:
+      w.flush()
 
   def close(self) -> None:
     for w in self._writers:
