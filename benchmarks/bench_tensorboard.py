@@ -3,7 +3,9 @@
 Runs `progae train` (the main job's config) in fresh processes, alternately with TensorBoard
 event files (the default) and with `--no-tensorboard`, each stopped after --images images,
 and reads the training rate back from metrics.jsonl: images seen over `train_seconds` (the
-time spent in steps, compiles and growth; not evaluation or checkpoints). Alternating the
+time spent in steps, compiles and growth; not evaluation or checkpoints), and the median
+`images_per_s` of the logging windows of each stage (its first window, which compiles, left
+out). Alternating the
 two, repeat after repeat, keeps a shared machine's changing load from landing on one side.
 
 Also times the writer alone (`Writers.train` for one step's record, no training), which is
@@ -24,15 +26,23 @@ import tempfile
 import time
 
 
-def train_rate(workdir: str, images: int, tensorboard: bool, data_dir: str | None) -> float:
+def train_rate(workdir: str, images: int, tensorboard: bool,
+               data_dir: str | None) -> tuple[float, dict[int, float]]:
+  """(images / train_seconds over the run, {resolution: median window images/s})."""
   argv = [sys.executable, "-m", "progae_jax", "train", "--preset", "main", "--workdir",
           workdir, "--stop-after-images", str(images), "--quiet"]
   argv += [] if tensorboard else ["--no-tensorboard"]
   argv += ["--data-dir", data_dir] if data_dir else []
   subprocess.run(argv, check=True, capture_output=True, text=True)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    last = [r for r in map(json.loads, f) if r["kind"] == "train"][-1]
-  return last["images_seen"] / last["train_seconds"]
+    records = [r for r in map(json.loads, f) if r["kind"] == "train"]
+  windows = {}
+  for r in records:
+    if "images_per_s" in r:
+      windows.setdefault(r["resolution"], []).append(r["images_per_s"])
+  # A stage's first window holds its compile: left out of its median.
+  medians = {res: statistics.median(v[1:] or v) for res, v in windows.items()}
+  return records[-1]["images_seen"] / records[-1]["train_seconds"], medians
 
 
 def writer_cost(records: int = 5000) -> float:
@@ -63,9 +73,11 @@ def main() -> None:
     for r in range(args.repeats):
       for tensorboard in (True, False):
         workdir = os.path.join(base, f"{r}_{tensorboard}")
-        rates[tensorboard].append(train_rate(workdir, args.images, tensorboard, args.data_dir))
-        print(json.dumps({"repeat": r, "tensorboard": tensorboard,
-                          "img_per_s": round(rates[tensorboard][-1], 1)}), flush=True)
+        rate, windows = train_rate(workdir, args.images, tensorboard, args.data_dir)
+        rates[tensorboard].append(rate)
+        print(json.dumps({"repeat": r, "tensorboard": tensorboard, "img_per_s": round(rate, 1),
+                          "window_img_per_s_by_resolution": {
+                              k: round(v, 1) for k, v in windows.items()}}), flush=True)
   on, off = statistics.median(rates[True]), statistics.median(rates[False])
   print(json.dumps({"images": args.images, "median_img_per_s_tensorboard": round(on, 1),
                     "median_img_per_s_without": round(off, 1),

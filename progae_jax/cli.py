@@ -329,7 +329,8 @@ def main(argv=None) -> int:
     parser.error(str(e))
   args = parser.parse_args(argv)
   if overrides and args.command != "train":
-    parser.error(f"{overrides[0][0]}: --config.KEY=VALUE is an option of progae train")
+    parser.error(f"--config.{overrides[0][0]}: --config.KEY=VALUE is an option of "
+                 "progae train")
   args.config_overrides = overrides
   try:
     return {"train": cmd_train, "inspect": cmd_inspect,

@@ -1,4 +1,4 @@
-"""TensorBoard event files written by progae_jax.writers, read back with TensorBoard's own reader."""
+"""TensorBoard event files written by progae_jax.writers, read back with TensorBoard's reader."""
 
 import os
 
@@ -76,7 +76,8 @@ def test_scalars_images_markers_and_config_are_in_the_event_files(tmp_path):
   from tensorboard.plugins.hparams import plugin_data_pb2
   start = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
   hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
-  assert hparams["model.latent_dim"].number_value == 4 and hparams["dataset"].string_value == "digits"
+  assert hparams["model.latent_dim"].number_value == 4
+  assert hparams["dataset"].string_value == "digits"
 
 
 def test_a_resumed_run_shows_each_step_once_with_the_new_values(tmp_path):
