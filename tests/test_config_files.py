@@ -47,7 +47,7 @@ def test_a_list_or_null_where_a_mapping_belongs_is_one_error(d, says):
 def test_the_resolved_dict_round_trips():
   config = TrainConfig(stages={8: StageSchedule(batch_size=8)}, ema_decay=None,
                        dataset_options={"fit": "resize"})
-  assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+  assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 # ---------------------------------------------------------------------------------------------
