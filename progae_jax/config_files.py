@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Iterable
 
+from progae_jax import config as config_lib
 from progae_jax.config import ConfigError
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -58,8 +59,27 @@ def load(path: str) -> dict:
   if not isinstance(fields, dict):
     got = "null" if fields is None else type(fields).__name__
     raise ConfigError(f"--config {path}: holds {got}, not a mapping of TrainConfig fields")
+  fields = _unfold_flag_names(fields)
   check_keys(fields, f"--config {path}")
   return fields
+
+
+# Top-level keys named like the flags, which config files have always been allowed to use:
+# where each one sits in TrainConfig's layout.
+FLAG_NAMES = {"max_resolution": "model", "batch_size": "default_stage",
+              "fade_images": "default_stage", "stable_images": "default_stage",
+              "learning_rate": "default_stage"}
+
+
+def _unfold_flag_names(fields: dict) -> dict:
+  """{"max_resolution": 8, "batch_size": 32} -> {"model": {"max_resolution": 8},
+  "default_stage": {"batch_size": 32}}; every other key as it is."""
+  out = {k: v for k, v in fields.items() if k not in FLAG_NAMES}
+  for key, parent in FLAG_NAMES.items():
+    if key in fields:
+      out[parent] = {**config_lib.check_keys(out.get(parent, {}), None, parent),
+                     key: fields[key]}
+  return out
 
 
 def check_keys(fields: dict, source: str) -> None:

@@ -164,3 +164,12 @@ def test_a_bad_override_is_one_line_with_status_2(override, says, tiny_py, tmp_p
                      "--workdir", str(tmp_path / "w")])
   err = capsys.readouterr().err
   assert status == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_a_file_may_name_the_flags_at_its_top_level(tmp_path, data_dir):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps({"dataset": "digits", "max_resolution": 8, "batch_size": 16,
+                              "model": {"latent_dim": 8}}))
+  config = _build(["--config", str(path), "--data-dir", data_dir])
+  assert config.model.max_resolution == 8 and config.model.latent_dim == 8
+  assert config.default_stage.batch_size == 16 and config.stage(8).batch_size == 16
