@@ -59,7 +59,7 @@ def load(path: str) -> dict:
   if not isinstance(fields, dict):
     got = "null" if fields is None else type(fields).__name__
     raise ConfigError(f"--config {path}: holds {got}, not a mapping of TrainConfig fields")
-  fields = _unfold_flag_names(fields)
+  fields = unfold_flag_names(fields)
   check_keys(fields, f"--config {path}")
   return fields
 
@@ -71,10 +71,10 @@ FLAG_NAMES = {"max_resolution": "model", "batch_size": "default_stage",
               "learning_rate": "default_stage"}
 
 
-def _unfold_flag_names(fields: dict) -> dict:
+def unfold_flag_names(fields: dict) -> dict:
   """{"max_resolution": 8, "batch_size": 32} -> {"model": {"max_resolution": 8},
-  "default_stage": {"batch_size": 32}}; every other key as it is."""
-  out = {k: v for k, v in fields.items() if k not in FLAG_NAMES}
+  "default_stage": {"batch_size": 32}}; every other key as it is (a new copy)."""
+  out = {k: copy.deepcopy(v) for k, v in fields.items() if k not in FLAG_NAMES}
   for key, parent in FLAG_NAMES.items():
     if key in fields:
       out[parent] = {**config_lib.check_keys(out.get(parent, {}), None, parent),
