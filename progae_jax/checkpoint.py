@@ -33,10 +33,10 @@ from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-import progae_jax
 from progae_jax import parallel, train_state
 from progae_jax.model import Stage
 from progae_jax.schedule import TrainConfig, alpha_at, phases
+from progae_jax.version import __version__
 
 ITEMS = ("state", "meta", "data")
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
@@ -214,7 +214,7 @@ class Checkpointer:
     holds the run's config and phase index) and the held-out PSNR, if given. `psnr` also
     ranks the checkpoint for keeping the best one.
     """
-    meta = dict(meta, images_seen=images_seen, version=progae_jax.__version__,
+    meta = dict(meta, images_seen=images_seen, version=__version__,
                 **_position(meta, images_seen))
     metrics = None
     if psnr is not None:
@@ -379,7 +379,7 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise CheckpointError(
           f"the metadata of checkpoint {step} in {directory} does not "
-          f"describe a progae_jax {progae_jax.__version__} run (written by version "
+          f"describe a progae_jax {__version__} run (written by version "
           f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
     restored = manager.restore(step, abstract, with_data=False)
     return restored.state, restored.meta

@@ -6,39 +6,14 @@
     progae inspect W                   # stage, images seen, metrics, parameter table
     progae reconstruct W --dataset image_patches --out recon.png
     progae prepare ~/photos --data-resolution 64   # a folder of images, ahead of training
-    progae bench --vs-torch            # speed per stage, beside the PyTorch reference
+    progae bench --vs-torch ../shared/bench/torch_ref.py
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-
-# Per-preset TrainConfig fields; flags and --config override them.
-PRESETS = {
-    # The main job: finishes in under 10 minutes on a 2-core CPU (see README for the numbers).
-    "main": {"dataset": "image_patches", "max_resolution": 32, "batch_size": 64,
-             "fade_images": 12_800, "stable_images": 12_800, "learning_rate": 3e-4,
-             "stages": {"4": {"fade_images": 0, "stable_images": 12_800, "batch_size": 64,
-                              "learning_rate": 1e-3},
-                        "16": {"fade_images": 12_800, "stable_images": 19_200,
-                               "batch_size": 64, "learning_rate": 3e-4},
-                        "32": {"fade_images": 12_800, "stable_images": 25_600,
-                               "batch_size": 64, "learning_rate": 3e-4}},
-             # Short CPU runs: an EMA of the weights lagged the weights by ~2 dB held-out PSNR.
-             "ema_decay": None,
-             "eval_every_images": 25_600, "checkpoint_every_images": 12_800},
-    # The seed's own case: 1,797 8x8 grayscale digits, trained at 4x4 then grown to 8x8.
-    "digits": {"dataset": "digits", "max_resolution": 8, "batch_size": 64,
-               "fade_images": 20_000, "stable_images": 40_000, "learning_rate": 3e-4,
-               "stages": {"4": {"fade_images": 0, "stable_images": 40_000, "batch_size": 64,
-                                "learning_rate": 1e-3}},
-               "ema_decay": None,
-               "eval_every_images": 20_000, "checkpoint_every_images": 20_000},
-}
-
 
 def _int_at_least(minimum: int):
   """An argparse type: an integer (underscores allowed, 20_000) no smaller than `minimum`."""
@@ -69,13 +44,17 @@ def _rate(text: str) -> float:
 
 
 def _train_parser(sub) -> None:
+  from progae_jax import config_files
   from progae_jax.schedule import OPTIMIZER_POLICIES
   p = sub.add_parser("train", help="train a model progressively (resumes a work directory)")
-  p.add_argument("--preset", choices=sorted(PRESETS), default="main",
-                 help="starting point for every option below (default: main)")
-  p.add_argument("--config", metavar="FILE.json",
-                 help="JSON with TrainConfig fields, e.g. per-stage schedules: "
-                      '{"stages": {"16": {"batch_size": 32, "learning_rate": 5e-4}}}')
+  p.add_argument("--preset", choices=config_files.preset_names(),
+                 help="starting point for every option below: progae_jax/configs/PRESET.py "
+                      "(default: main, unless --config is given)")
+  p.add_argument("--config", metavar="FILE",
+                 help="TrainConfig fields: a .py file with get_config() (as "
+                      "progae_jax/configs/*.py) or a .json file; merged over --preset if "
+                      "both are given. --config.KEY=VALUE sets any field, e.g. "
+                      "--config.model.latent_dim=64 --config.stages.16.batch_size=32")
   p.add_argument("--dataset", help="digits, image_patches, a folder of images, or a prepared "
                  "tfds dataset")
   p.add_argument("--data-dir", help="where tfds datasets are (default: tfds's own)")
@@ -83,7 +62,8 @@ def _train_parser(sub) -> None:
                  help="how non-power-of-two images (mnist's 28x28) reach the next power of two")
   p.add_argument("--max-resolution", type=_positive_int, help="final resolution (power of 2)")
   _folder_flags(p, "default: --max-resolution")
-  p.add_argument("--workdir", help="checkpoints, metrics and pictures (default: runs/PRESET)")
+  p.add_argument("--workdir", help="checkpoints, metrics and pictures (default: runs/PRESET, "
+                 "runs/CONFIG_NAME or runs/DATASET)")
   p.add_argument("--batch-size", type=_positive_int, help="global batch size, every stage")
   p.add_argument("--fade-images", type=_non_negative_int, help="images per fade, every stage")
   p.add_argument("--stable-images", type=_non_negative_int,
@@ -115,6 +95,16 @@ def _train_parser(sub) -> None:
   p.add_argument("--num-processes", type=_positive_int)
   p.add_argument("--process-id", type=int)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  w = p.add_argument_group("watching (docs/watching.md)")
+  w.add_argument("--no-tensorboard", action="store_true",
+                 help="no TensorBoard event files in WORKDIR/tensorboard/")
+  w.add_argument("--wandb", action="store_true",
+                 help="also log to Weights & Biases (pip install wandb; offline without network)")
+  w.add_argument("--profile-steps", type=_positive_int, metavar="N",
+                 help="record a jax.profiler trace of N steps after the first step of each "
+                      "stage in --profile-stages, into WORKDIR/profile/")
+  w.add_argument("--profile-stages", metavar="R,R",
+                 help="resolutions to profile, e.g. 16,32 (default: the last stage)")
 
 
 def _folder_flags(p, resolution_default: str) -> None:
@@ -133,57 +123,71 @@ def _folder_options(args, max_resolution: int | None = None) -> dict:
 
 
 def build_config(args) -> "TrainConfig":
-  """Preset, then --config file, then flags: each overrides the one before."""
-  from progae_jax import data
-  from progae_jax.config import ModelConfig
-  from progae_jax.schedule import StageSchedule, TrainConfig
+  """Preset or --config file (or both, merged), then flags, then --config.KEY=VALUE: each
+  overrides the one before. TrainConfig.from_dict checks the result."""
+  from progae_jax import config_files
 
-  fields = json.loads(json.dumps(PRESETS[args.preset]))
-  if args.max_resolution is not None:  # The preset's entries for stages never reached go.
-    fields["stages"] = {r: s for r, s in fields.get("stages", {}).items()
-                        if int(r) <= args.max_resolution}
+  fields = {} if args.config and not args.preset else config_files.preset(args.preset or "main")
   if args.config:
-    try:
-      with open(args.config) as f:
-        fields.update(json.load(f))
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(f"--config {args.config}: {e}") from None
-  # Flags named like the TrainConfig (or StageSchedule) field they set.
-  flag_fields = ("dataset", "data_dir", "max_resolution", "batch_size", "fade_images",
-                 "stable_images", "learning_rate", "seed", "optimizer_on_growth", "alpha_ramp",
-                 "ema_decay", "eval_every_images", "checkpoint_every_images",
-                 "keep_checkpoints", "compute_dtype")
-  stage_keys = ("batch_size", "fade_images", "stable_images", "learning_rate")
-  for field in flag_fields:
+    fields = config_files.merge(fields, config_files.load(args.config))
+  _apply_flags(fields, args)
+  for key, text in getattr(args, "config_overrides", ()):
+    config_files.apply_override(fields, key, text)
+  return config_from_fields(fields)
+
+
+def config_from_fields(fields: dict) -> "TrainConfig":
+  """The TrainConfig of a preset's or config file's fields (TrainConfig's layout, or the
+  flags' names at the top level). Unless they say otherwise, the model has the dataset's
+  image channels."""
+  from progae_jax import config_files, data
+  from progae_jax.config import ModelConfig
+  from progae_jax.schedule import TrainConfig
+
+  fields = config_files.unfold_flag_names(fields)
+  fields.setdefault("model", {})
+  TrainConfig.from_dict(fields)  # A malformed config is reported before the data is read.
+  dataset = fields.setdefault("dataset", TrainConfig.dataset)
+  options = fields.setdefault("dataset_options", {})
+  if data.is_folder(dataset):  # Stored no larger than the model needs.
+    fields["dataset"] = os.path.abspath(os.path.expanduser(dataset))
+    options.setdefault("data_resolution", fields["model"].get(
+        "max_resolution", ModelConfig.max_resolution))
+  spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
+  fields["model"].setdefault("image_channels", spec.channels)
+  if "eval_images" not in fields:  # A small folder holds out fewer than the default 256.
+    fields["eval_images"] = min(TrainConfig.eval_images, spec.num_test)
+  return TrainConfig.from_dict(fields)
+
+
+# Flags named like the TrainConfig field they set; the stage ones set every stage.
+_FLAG_FIELDS = ("dataset", "data_dir", "seed", "optimizer_on_growth", "alpha_ramp", "ema_decay",
+                "eval_every_images", "checkpoint_every_images", "keep_checkpoints",
+                "compute_dtype")
+_STAGE_FLAGS = ("batch_size", "fade_images", "stable_images", "learning_rate")
+
+
+def _apply_flags(fields: dict, args) -> None:
+  for field in _FLAG_FIELDS:
+    if getattr(args, field, None) is not None:
+      fields[field] = getattr(args, field)
+  if args.no_ema:
+    fields["ema_decay"] = None
+  if args.fit:
+    fields["dataset_options"] = dict(fields.get("dataset_options") or {}, fit=args.fit)
+  if _folder_options(args):  # Refused by the data for a dataset that is not a folder.
+    fields["dataset_options"] = dict(fields.get("dataset_options") or {}, **_folder_options(args))
+  if args.max_resolution is not None:  # Stage entries the run no longer reaches go.
+    fields["model"] = dict(fields.get("model") or {}, max_resolution=args.max_resolution)
+    fields["stages"] = {r: s for r, s in (fields.get("stages") or {}).items()
+                        if int(r) <= args.max_resolution}
+  for field in _STAGE_FLAGS:
     value = getattr(args, field, None)
     if value is None:
       continue
-    fields[field] = value
-    if field in stage_keys:  # A flag means "every stage": per-stage entries give way to it.
-      for stage in fields.get("stages", {}).values():
-        stage[field] = value
-  if args.no_ema:
-    fields["ema_decay"] = None
-  options = dict(fields.pop("dataset_options", {}))
-  if args.fit:
-    options["fit"] = args.fit
-  model_fields = dict(fields.pop("model", {}))
-  model_fields["max_resolution"] = fields.pop("max_resolution", model_fields.get(
-      "max_resolution", 32))
-  if data.is_folder(fields["dataset"]):  # Stored no larger than the model needs.
-    fields["dataset"] = os.path.abspath(os.path.expanduser(fields["dataset"]))
-    options.update(_folder_options(args, model_fields["max_resolution"]))
-  else:
-    options.update(_folder_options(args))  # Refused by the data for a dataset not a folder.
-  spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
-  model_fields.setdefault("image_channels", spec.channels)
-  if "eval_images" not in fields:  # A small folder holds out fewer than the default 256.
-    fields["eval_images"] = min(TrainConfig.eval_images, spec.num_test)
-  default_stage = StageSchedule(**{k: fields.pop(k) for k in
-                                   ("fade_images", "stable_images", "batch_size",
-                                    "learning_rate") if k in fields})
-  return TrainConfig(model=ModelConfig.from_dict(model_fields), default_stage=default_stage,
-                     dataset_options=options, **fields)
+    fields["default_stage"] = dict(fields.get("default_stage") or {}, **{field: value})
+    for stage in (fields.get("stages") or {}).values():  # A flag means every stage.
+      stage[field] = value
 
 
 def _set_up_cpu(args, config) -> None:
@@ -197,18 +201,18 @@ def _set_up_cpu(args, config) -> None:
 
 
 def cmd_train(args) -> int:
-  from progae_jax import data, parallel, train
+  from progae_jax import parallel, train
   from progae_jax.schedule import phases
 
   config = build_config(args)
+  watch = _watch(args, config)
   _set_up_cpu(args, config)
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  named = os.path.basename(config.dataset) if data.is_folder(config.dataset) else config.dataset
-  workdir = args.workdir or os.path.join("runs", args.preset if args.dataset is None else named)
+  workdir = args.workdir or os.path.join("runs", _run_name(args, config))
   mesh = parallel.make_mesh(args.num_devices)
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
-                                    stop_after_images=args.stop_after_images)
+                                    stop_after_images=args.stop_after_images, watch=watch)
   finished = result.images_seen >= phases(config)[-1].end
   if parallel.is_main_process() and finished and result.final_eval:
     e = result.final_eval
@@ -217,6 +221,27 @@ def cmd_train(args) -> int:
     if result.pictures:
       print(f"reconstructions: {os.path.abspath(result.pictures[-1])}")
   return 0
+
+
+def _watch(args, config) -> "Watch":
+  from progae_jax import profiling
+  from progae_jax.writers import Watch
+  if args.profile_stages and not args.profile_steps:
+    raise ValueError("--profile-stages needs --profile-steps N (how many steps to trace)")
+  stages = (profiling.parse_stages(args.profile_stages, config.model.resolutions)
+            if args.profile_stages else ())
+  return Watch(tensorboard=not args.no_tensorboard, wandb=args.wandb,
+               profile_steps=args.profile_steps or 0, profile_stages=stages)
+
+
+def _run_name(args, config) -> str:
+  """The default work directory's name: the preset's, the config file's, or the dataset's."""
+  from progae_jax import data
+  if args.dataset is not None:
+    return os.path.basename(config.dataset) if data.is_folder(config.dataset) else config.dataset
+  if args.config and not args.preset:
+    return os.path.splitext(os.path.basename(args.config))[0]
+  return args.preset or "main"
 
 
 def cmd_inspect(args) -> int:
@@ -230,6 +255,7 @@ def cmd_inspect(args) -> int:
         f"dataset {meta['config']['dataset']}, progae_jax {meta.get('version')}")
   directory, _ = checkpoint.locate(args.path)
   workdir = os.path.dirname(directory)
+  _print_config(workdir, meta["config"])
   records = [r for r in read_metrics(os.path.join(workdir, FILENAME))
              if r["images_seen"] <= meta["images_seen"]]
   evals = [r for r in records if r["kind"] == "eval"]
@@ -247,6 +273,18 @@ def cmd_inspect(args) -> int:
   print("parameters:")
   print(summary.param_table(state["params"]))
   return 0
+
+
+def _print_config(workdir: str, saved: dict) -> None:
+  """The run's resolved config, as the dotted keys --config.KEY=VALUE takes."""
+  from progae_jax import config_files
+  fields = config_files.read(workdir)
+  where = os.path.join(workdir, config_files.CONFIG_JSON)
+  if fields is None:
+    fields, where = saved, "the checkpoint's metadata"
+  print(f"config ({where}):")
+  for key, value in sorted(config_files.flatten(fields).items()):
+    print(f"  {key} = {value!r}")
 
 
 def cmd_reconstruct(args) -> int:
@@ -286,7 +324,16 @@ def cmd_prepare(args) -> int:
   return 0
 
 
-def main(argv=None) -> int:
+def train_config(argv: list[str]) -> "TrainConfig":
+  """The TrainConfig that `progae train ARGV` would train (nothing is run)."""
+  from progae_jax.config_files import split_overrides
+  argv, overrides = split_overrides(argv)
+  args = _parser().parse_args(["train", *argv])
+  args.config_overrides = overrides
+  return build_config(args)
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="progae", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -309,13 +356,27 @@ def main(argv=None) -> int:
   p.add_argument("--data-dir", help="where prepared datasets are (default: tfds's own)")
   sub.add_parser("bench", help="training speed per stage (--help for its options)",
                  add_help=False)
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = _parser()
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "bench":
     from progae_jax import bench
     return bench.main(argv[1:])
-  args = parser.parse_args(argv)
   from progae_jax.checkpoint import CheckpointError
+  from progae_jax.config_files import split_overrides
   from progae_jax.data import DataError
+  try:
+    argv, overrides = split_overrides(argv)
+  except ValueError as e:
+    parser.error(str(e))
+  args = parser.parse_args(argv)
+  if overrides and args.command != "train":
+    parser.error(f"--config.{overrides[0][0]}: --config.KEY=VALUE is an option of "
+                 "progae train")
+  args.config_overrides = overrides
   try:
     return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
             "prepare": cmd_prepare}[args.command](args)

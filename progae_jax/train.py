@@ -7,14 +7,18 @@ all follow from it (schedule.py), and it is saved in every checkpoint's metadata
 itself, and how it grows, is train_state.py. `train_and_evaluate` is these steps:
 
     _set_up            check the config against the devices and the data; open the checkpoints
-    _resume_or_start   the latest checkpoint's state and position, or a fresh 4x4 state
+    _resume_or_start   the latest checkpoint's state and position, or a fresh 4x4 state;
+                       WORKDIR/config.json, the TensorBoard/W&B writers, the profiler
     for each phase left:
       _train_phase     grow to the phase's stage (move_to_phase), then one step per batch at
-                       the schedule's alpha; after each step `_due` says what is due:
+                       the schedule's alpha (profiled on request); after each step `_due`
+                       says what is due:
         _log_window      the window's metrics to the host, checked finite, to metrics.jsonl
+                         and the writers
         _evaluate_now    held-out metrics, every eval_every_images
         _save            a checkpoint, every checkpoint_every_images (and where a stop falls)
-      _end_phase       evaluate at alpha 1, the phase's pictures, a checkpoint ranked by PSNR
+      _end_phase       evaluate at alpha 1, the phase's pictures and marker, a checkpoint
+                       ranked by PSNR
     _finish            the curves and the summary table (or `_stopped`, mid-phase)
 """
 
@@ -36,11 +40,12 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from progae_jax import checkpoint as ckpt_lib
-from progae_jax import parallel
+from progae_jax import config_files, parallel, writers
 from progae_jax.config import ModelConfig
 from progae_jax.metrics_log import MetricsLog
 from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
+from progae_jax.profiling import StepProfiler
 from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
 from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
                                     make_optimizer, move_to_phase)
@@ -220,6 +225,7 @@ class _Run:
   main: bool  # Process 0: prints, writes metrics and pictures.
   progress: bool
   stop_after_images: int | None
+  watch: writers.Watch
   # From `_resume_or_start` on:
   state: State | None = None
   images_seen: int = 0
@@ -231,6 +237,8 @@ class _Run:
   pictures: list[str] = dataclasses.field(default_factory=list)
   summary: list[dict] = dataclasses.field(default_factory=list)
   last_eval: dict | None = None
+  writers: writers.Writers | None = None
+  profiler: StepProfiler | None = None
 
   def stop_reached(self) -> bool:
     return self.stop_after_images is not None and self.images_seen >= self.stop_after_images
@@ -255,14 +263,15 @@ class _Due:
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = False,
                        mesh=None, progress: bool = True, stop_after_images: int | None = None,
-                       data_module=None) -> RunResult:
+                       data_module=None, watch: writers.Watch = writers.Watch()) -> RunResult:
   """Trains through every phase of `config`, resuming from `workdir`'s latest checkpoint.
 
   `stop_after_images` ends the run early (after a checkpoint), as a preempted job would.
+  `watch`: TensorBoard (on by default), W&B and profiling (writers.py, profiling.py).
   """
   if data_module is None:
     from progae_jax import data as data_module
-  run = _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images)
+  run = _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images, watch)
   try:
     _resume_or_start(run, restart)
     while (phase := phase_at(run.plan, run.images_seen)) is not None:
@@ -270,20 +279,28 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
         return _stopped(run)
       if run.stop_reached():
         break
+    run.profiler.close(run.state)  # A trace still open ends once its steps are done.
   finally:
     if run.bar is not None:
       run.bar.close()
+    if run.profiler is not None:
+      run.profiler.close()
+    if run.writers is not None:
+      run.writers.close()
     run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
   return _finish(run)
 
 
-def _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images) -> _Run:
+def _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images,
+            watch) -> _Run:
   """Checks the config against the devices and the data, then opens the checkpoints."""
   plan = phases(config)
   mesh = mesh or parallel.make_mesh()
   for p in plan:
     parallel.check_batch_size(p.batch_size, mesh)
   _check_dataset(config, data_module)
+  if watch.wandb:
+    writers.require_wandb()
   os.makedirs(workdir, exist_ok=True)
   main = parallel.is_main_process()
   if main:
@@ -297,7 +314,7 @@ def _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_im
   optimizer = make_optimizer(plan[0].learning_rate)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
               make_train_step(config, optimizer, mesh), make_eval_step(config, mesh),
-              ckpt, main, progress, stop_after_images)
+              ckpt, main, progress, stop_after_images, watch)
 
 
 def _check_dataset(config: TrainConfig, data_module) -> None:
@@ -335,11 +352,27 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
     ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
     run.state = init_state(config, run.optimizer, run.mesh)
   run.log = MetricsLog(run.workdir, run.images_seen or None)
+  _start_watching(run)
   run.held_out = run.data.eval_images(
       config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
       data_dir=config.data_dir, **config.dataset_options)
   run.clock = _TrainClock(seconds)
   run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
+
+
+def _start_watching(run: _Run) -> None:
+  """WORKDIR/config.json (the whole resolved config), the writers, the profiler."""
+  watch = run.watch
+  if run.main:
+    config_files.save(run.workdir, run.config)
+  run.writers = writers.open_writers(run.workdir, run.config, resume_at=run.images_seen,
+                                     tensorboard=watch.tensorboard, wandb=watch.wandb,
+                                     main_process=run.main)
+  run.profiler = StepProfiler(run.workdir, watch.profile_steps,
+                              watch.profile_stages or (run.config.model.max_resolution,),
+                              enabled=run.main)
+  if run.main and watch.tensorboard and run.progress:
+    print(writers.tensorboard_hint(run.workdir))
 
 
 def _phase_batches(run: _Run, phase: Phase) -> Iterator:
@@ -366,11 +399,14 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   config, t0, last_train = run.config, time.perf_counter(), None
   run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh)
   iterator, window = _phase_batches(run, phase), _Window()
+  first_step = sum(p.steps for p in run.plan[:phase.index])  # The train state's step count.
   while run.images_seen < phase.end:
     before = run.images_seen
     alpha = alpha_at(phase, before, config.alpha_ramp)
     batch = parallel.global_batch(next(iterator), run.mesh)
-    run.state, metrics = run.train_step(run.state, batch, np.float32(alpha))
+    step = first_step + (before - phase.start) // phase.batch_size
+    with run.profiler.step(phase.resolution, step, run.state):
+      run.state, metrics = run.train_step(run.state, batch, np.float32(alpha))
     window.pending.append((before, alpha, metrics))
     window.images += phase.batch_size
     run.images_seen += phase.batch_size
@@ -407,11 +443,12 @@ def _log_window(run: _Run, phase: Phase, window: _Window, alpha: float) -> dict:
   records = _flush(window.pending, run.state, phase)
   _check_finite(records, stage_of(run.state["params"]))
   rate = window.images / max(time.perf_counter() - window.t0, 1e-9)
-  for r in records[:-1]:
-    run.log.write(r)
   last = records[-1]
   last["train_seconds"] = run.clock.seconds()
-  run.log.write(dict(last, images_per_s=rate))
+  records[-1] = dict(last, images_per_s=rate)
+  for r in records:
+    run.log.write(r)
+    run.writers.train(r, phase.learning_rate)
   run.bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last['loss']:.4f} "
                           f"psnr={last['psnr']:.1f}dB")
   return last
@@ -425,11 +462,13 @@ def _evaluate_now(run: _Run, phase: Phase, alpha: float) -> tuple[dict, np.ndarr
                 phase="fade" if phase.fading else "stable", alpha=alpha,
                 train_seconds=run.clock.seconds())
   run.log.write(result)
+  run.writers.eval(result)
   return result, recon
 
 
 def _save(run: _Run, phase: Phase, iterator, psnr: float | None = None) -> None:
   with run.clock.paused(run.state):
+    run.writers.flush()  # What precedes a checkpoint is on disk before it: a resume keeps it.
     meta = checkpoint_meta(run.config, run.state, phase, run.clock.seconds())
     run.ckpt.save(run.images_seen, run.state, meta, iterator, psnr=psnr)
 
@@ -441,6 +480,8 @@ def _end_phase(run: _Run, phase: Phase, iterator, last_train: dict | None, t0: f
     from progae_jax import plots
     held_out = to_resolution(run.held_out, phase.resolution)
     run.pictures.append(_save_grid(plots, run.workdir, held_out, recon, phase))
+  following = run.plan[phase.index + 1] if phase.index + 1 < len(run.plan) else None
+  run.writers.phase_end(phase, following, run.pictures[-1] if run.main else None)
   _save(run, phase, iterator, psnr=run.last_eval["psnr"])
   run.summary.append({"phase": phase.name, "images": phase.end - phase.start,
                       "train_loss": last_train["loss"] if last_train else float("nan"),

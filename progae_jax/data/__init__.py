@@ -40,10 +40,11 @@ from progae_jax.data.convert import CACHE_LIMIT_BYTES, clear_cache
 from progae_jax.data.errors import DataError, DatasetNotPreparedError, UnknownDatasetError
 from progae_jax.data.folder import is_folder
 from progae_jax.data.pipeline import batches, eval_images
-from progae_jax.data.sources import FIT_MODES, DatasetSpec, dataset_info, prepare
+from progae_jax.data.sources import (DATASET_OPTIONS, FIT_MODES, DatasetSpec, dataset_info,
+                                     prepare)
 
 __all__ = [
-    "BUILTIN_DATASETS", "CACHE_LIMIT_BYTES", "FIT_MODES", "PATCH_PHOTOS", "DataError",
+    "BUILTIN_DATASETS", "CACHE_LIMIT_BYTES", "DATASET_OPTIONS", "FIT_MODES", "PATCH_PHOTOS", "DataError",
     "DatasetNotPreparedError", "DatasetSpec", "Digits", "ImagePatches",
     "UnknownDatasetError", "batches", "clear_cache", "dataset_info", "eval_images", "is_folder",
     "prepare",

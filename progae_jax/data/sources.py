@@ -216,11 +216,17 @@ def check_images(batch: np.ndarray, where: str) -> None:
     raise DataError(f"{where}: images must be uint8 or uint16, got {batch.dtype}")
 
 
+# The keyword options every dataset function takes (TrainConfig.dataset_options).
+DATASET_OPTIONS = ("channels", "data_resolution", "fit", "image_key", "test_split",
+                   "train_split")
+
+
 def options(opts: dict) -> dict:
   known = {"image_key": _DEFAULT_IMAGE_KEY, "train_split": _DEFAULT_TRAIN_SPLIT,
            "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad", "data_resolution": None,
            "channels": None}
-  unknown = sorted(set(opts) - set(known))
+  assert set(known) == set(DATASET_OPTIONS)
+  unknown = sorted(set(opts) - set(DATASET_OPTIONS))
   if unknown:
     raise TypeError(f"unknown dataset options {unknown}; known: {sorted(known)}")
   out = {**known, **{k: v for k, v in opts.items() if v is not None}}
