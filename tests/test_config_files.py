@@ -127,7 +127,7 @@ BAD_FILES = {
                    "channels, image_channels, latent_dim, leaky_slope, max_resolution"),
     "stage.json": ('{"stages": {"4": {"bogus": 1}}}', "unknown key 'bogus' in 'stages.4'"),
     "options.json": ('{"dataset_options": {"nonsense": 1}}',
-                     "unknown key 'nonsense' in 'dataset_options'; allowed there: fit, "),
+                     "unknown key 'nonsense' in 'dataset_options'; allowed there: channels, data_resolution, fit, "),
     "list.json": ("[1, 2]", "holds list, not a mapping"),
     "null.json": ("null", "holds null, not a mapping"),
     "broken.json": ('{"seed": ', "not a readable JSON file"),
