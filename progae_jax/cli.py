@@ -6,7 +6,7 @@
     progae inspect W                   # stage, images seen, metrics, parameter table
     progae reconstruct W --dataset image_patches --out recon.png
     progae prepare ~/photos --data-resolution 64   # a folder of images, ahead of training
-    progae bench --vs-torch ../shared/bench/torch_ref.py
+    progae bench --vs-torch            # speed per stage, beside the PyTorch reference
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ PAGES = ["README.md"] + sorted(os.path.relpath(p, REPO)
 RUN_PYTHON_OF = ["README.md"]
 README_LIMIT_BYTES = 20_000
 # Where a bare file name in a page (`growth.py`, `show_growth.py`) may live.
-SOURCE_DIRS = ("progae_jax", "experiments", "benchmarks", "tests", ".")
+SOURCE_DIRS = ("progae_jax", "progae_jax/configs", "experiments", "benchmarks", "tests", ".")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +380,8 @@ def test_every_function_and_file_named_in_the_text_exists(page):
   for code in inline(page, "code_inline"):
     text = code.content.strip()
     name = re.fullmatch(r"(?:progae_jax\.)?(\w+)\.([\w.]+?)(?:\(.*\))?", text)
+    if re.fullmatch(r"\w+\.(json|jsonl|png|txt)", text):  # What a run writes, not the code's.
+      continue
     if re.fullmatch(r"\w+\.(py|sh|ipynb)", text):  # A file of the module map or a script.
       if not any(os.path.exists(os.path.join(REPO, d, text)) for d in SOURCE_DIRS):
         missing.append(text)
