@@ -1,4 +1,4 @@
-"""The invariants of growth (DESIGN.md): function preservation, bit-exact copies, optimizer
+"""The invariants of growth: function preservation, bit-exact copies, optimizer
 state that follows the parameters, and no jump in the loss."""
 
 import jax

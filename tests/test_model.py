@@ -10,7 +10,8 @@ SMALL = dict(channels={4: 8, 8: 8, 16: 4, 32: 4}, latent_dim=16)
 
 
 def test_default_parameter_counts_match_the_pytorch_reference():
-  # ../shared/bench/README.md: 3 image channels, both adapters of a fading stage included.
+  # The PyTorch reference's counts (benchmarks/torch_reference.py, the same layers): 3 image
+  # channels, both adapters of a fading stage included.
   config = pj.ModelConfig(max_resolution=32)
   want = {8: 1_413_766, 16: 1_634_822, 32: 1_689_606}
   for r, count in want.items():
