@@ -68,6 +68,25 @@ def tiny_config(data_dir: str, **changes):
   return cli.config_from_fields(dict(tiny_run(**changes), data_dir=data_dir))
 
 
+def tiny_config_py(stable_images: int) -> str:
+  """A tiny digits run as a Python config file, as a user writes one (configs/*.py)."""
+  return f'''"""A tiny digits run for the tests."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"
+  config.model = ml_collections.ConfigDict({{"max_resolution": 8, "latent_dim": 8,
+                                            "channels": {{"4": 8, "8": 8}}}})
+  config.default_stage = ml_collections.ConfigDict({{"fade_images": 64,
+                                                    "stable_images": {stable_images},
+                                                    "batch_size": 32}})
+  config.eval_images = 32
+  return config
+'''
+
+
 def cut_network(monkeypatch) -> None:
   """Any connection attempt raises: what needs no network is shown to need none."""
   def refuse(*args, **kwargs):

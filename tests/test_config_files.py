@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from progae_jax import config_files
+from conftest import tiny_config_py
+from progae_jax import cli, config_files
 from progae_jax.config import ConfigError
 from progae_jax.schedule import StageSchedule, TrainConfig
 
@@ -54,31 +55,10 @@ def test_the_resolved_dict_round_trips():
 # Files, presets and overrides, through the CLI's build_config
 
 
-def _build(argv):
-  import argparse
-  from progae_jax import cli
-  parser = argparse.ArgumentParser()
-  cli._train_parser(parser.add_subparsers(dest="command"))
-  rest, overrides = config_files.split_overrides(["train", *argv])
-  args = parser.parse_args(rest)
-  args.config_overrides = overrides
-  return cli.build_config(args)
+_build = cli.train_config  # What `progae train ARGV` would train.
 
 
-TINY_PY = '''"""A tiny digits run for the tests."""
-import ml_collections
-
-
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.dataset = "digits"
-  config.model = ml_collections.ConfigDict({"max_resolution": 8, "latent_dim": 8,
-                                            "channels": {"4": 8, "8": 8}})
-  config.default_stage = ml_collections.ConfigDict({"fade_images": 64, "stable_images": 32,
-                                                    "batch_size": 32})
-  config.eval_images = 32
-  return config
-'''
+TINY_PY = tiny_config_py(stable_images=32)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import tiny_config_py
 from progae_jax import ModelConfig, cli, train
 from progae_jax.schedule import StageSchedule, TrainConfig, phases
 
@@ -83,20 +84,7 @@ def test_a_stopped_and_resumed_run_has_each_step_once(resumed):
     assert TrainConfig.from_dict(json.load(f)) == config
 
 
-TINY_PY = '''"""A tiny digits run for the tests."""
-import ml_collections
-
-
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.dataset = "digits"
-  config.model = ml_collections.ConfigDict({"max_resolution": 8, "latent_dim": 8,
-                                            "channels": {"4": 8, "8": 8}})
-  config.default_stage = ml_collections.ConfigDict({"fade_images": 64, "stable_images": 64,
-                                                    "batch_size": 32})
-  config.eval_images = 32
-  return config
-'''
+TINY_PY = tiny_config_py(stable_images=64)
 
 
 def test_python_dash_m_with_a_config_file_overrides_and_a_profile(data_dir, tmp_path, capsys):
