@@ -187,7 +187,7 @@ def markdown(records: list[dict], command: str) -> str:
           "\n".join(rows) + "\n")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--devices", default="1,2,4",
                  help="device counts, comma separated (default 1,2,4); on CPU each is made "
@@ -205,15 +205,12 @@ def main(argv=None) -> int:
   p.add_argument("--markdown", help="write the table here")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
-  if args.worker:
-    args.devices = int(args.devices)
-    worker(args)
-    return 0
-  command = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None
-                                                            else sys.argv[1:])
+  return p
+
+
+def _time_workers(args) -> list:
+  """Every (dtype, device count) worker, timed round by round; closed before returning."""
   workers = []
-  load_before = os.getloadavg()[0]
   try:
     for dtype in args.dtypes.split(","):
       for n in (int(x) for x in args.devices.split(",")):
@@ -227,6 +224,19 @@ def main(argv=None) -> int:
   finally:
     for w in workers:
       w.close()
+  return workers
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.worker:
+    args.devices = int(args.devices)
+    worker(args)
+    return 0
+  command = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None
+                                                            else sys.argv[1:])
+  load_before = os.getloadavg()[0]
+  workers = _time_workers(args)
   load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
   records = []
   for w in workers:
