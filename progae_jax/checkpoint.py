@@ -18,13 +18,13 @@ and where, never an exception from deep inside Orbax or tensorstore.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import glob
 import json
 import logging
 import os
-import sys
-import warnings
 from typing import Any
 
 import grain
@@ -59,56 +59,41 @@ def _cause(e: BaseException) -> str:
   return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
 
 
-def _from_orbax(exc: BaseException | None) -> bool:
-  tb = exc.__traceback__ if exc is not None else None
-  while tb is not None:
-    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
+class _AwaitingEventLoop(asyncio.SelectorEventLoop):
+  """An event loop that, when closed, first lets every task still on it run to its end.
 
-
-class _StrayOrbaxTaskFilter(logging.Filter):
-  """Drops asyncio's "... exception was never retrieved" reports of Orbax's abandoned reads."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    if "exception was never retrieved" not in message:
-      return True
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (_from_orbax(exc) or "orbax" in message)
-
-
-def _quiet_stray_read_errors() -> None:
-  """Keeps a damaged checkpoint's one clear error from being buried in Orbax's noise.
-
-  When one array fails to read, Orbax's other reads go on in tensorstore threads whose event
-  loop is already gone: each then reports `RuntimeError: Event loop is closed`, its own read
-  error (as an unraisable exception), a "... exception was never retrieved" log line or a
-  "coroutine ... was never awaited" warning: pages printed after the error was raised. This
-  drops exactly those reports; every other one goes where it went before. Installed before
-  the first restore (and again if something, like pytest, put the previous hook back).
+  Orbax runs a restore's reads as tasks on a fresh loop and closes that loop as soon as one
+  read fails. The other reads are then still in flight (in tensorstore's threads): they
+  finished after the error was raised, on a closed loop, and reported their own failures as
+  "Future exception was never retrieved", "Event loop is closed" or "coroutine ... was never
+  awaited", pages printed after the one-line error, or not, depending on timing. Here every
+  pending read is awaited and its outcome collected before the loop goes away, so nothing is
+  left running when the restore's error is raised.
   """
-  warnings.filterwarnings("ignore", category=RuntimeWarning,
-                          message="coroutine '_read_array_index_and_device_put' was never")
-  asyncio_logger = logging.getLogger("asyncio")
-  if not any(isinstance(f, _StrayOrbaxTaskFilter) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_StrayOrbaxTaskFilter())
-  previous = sys.unraisablehook
-  if getattr(previous, "_progae_quiet", False):
-    return
 
-  def hook(unraisable):
-    exc, obj = unraisable.exc_value, unraisable.object
-    code = getattr(obj, "cr_code", None)
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-      return
-    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
-      return
-    previous(unraisable)
+  def close(self):
+    if not self.is_closed() and not self.is_running():
+      while pending := asyncio.all_tasks(self):
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+      self.run_until_complete(self.shutdown_default_executor())
+    super().close()
 
-  hook._progae_quiet = True
-  sys.unraisablehook = hook
+
+class _AwaitingPolicy(asyncio.DefaultEventLoopPolicy):
+
+  def new_event_loop(self):
+    return _AwaitingEventLoop()
+
+
+@contextlib.contextmanager
+def _every_read_awaited():
+  """Orbax's loops, inside this block, await all their reads before closing (see above)."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_AwaitingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 def _rank(metrics: dict) -> float:
@@ -231,7 +216,9 @@ class Checkpointer:
   def read_meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      with _every_read_awaited():
+        restored = self._manager.restore(step,
+                                         args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       meta = restored["meta"]
     except Exception as e:  # noqa: BLE001 - Orbax raises many kinds; one clear message.
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable metadata "
@@ -255,7 +242,6 @@ class Checkpointer:
     """
     step = self._resolve(step)
     meta = self.read_meta(step)
-    _quiet_stray_read_errors()
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data = _IteratorState()
     where = f"checkpoint {step} in {self.directory}"
@@ -267,7 +253,8 @@ class Checkpointer:
       raise CheckpointError(f"{where} has lost its data iterator's position (no `data` item): "
                             "it is damaged, and resuming from it would not be exact")
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      with _every_read_awaited():
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
       state = restored["state"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
