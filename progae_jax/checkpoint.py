@@ -21,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import logging
 import os
+import zlib
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -57,6 +60,32 @@ def _cause(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   line = text[0].split(" See full TensorStore details")[0] if text else ""
   return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
+
+
+def _disk_full(e: BaseException) -> bool:
+  """Whether an error from Orbax or tensorstore (or its causes) is ENOSPC."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class _DiskFullLogFilter(logging.Filter):
+  """Drops Orbax's own logs of a save that failed because the disk is full: its save threads
+  log the error with a traceback, several times over, before `wait()` raises it; the run
+  reports it once, in one line."""
+
+  def filter(self, record):
+    if f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno < logging.ERROR:
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_disk_full(exc) if exc else "No space left on device" in record.getMessage())
+
+
+logging.getLogger("absl").addFilter(_DiskFullLogFilter())
 
 
 class _AwaitingEventLoop(asyncio.SelectorEventLoop):
@@ -155,6 +184,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 2, asynchronous: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self._saving: int | None = None  # The step of the latest save started.
+    self._failed: str | None = None  # Why a save failed, once reported.
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory")
     policy = policies.AnyPreservationPolicy([
@@ -196,8 +227,8 @@ class Checkpointer:
     """Starts an asynchronous save; returns once the arrays are copied off the devices.
 
     `meta` gets the images seen, the library version, the alpha of the next step (when it
-    holds the run's config and phase index) and the held-out PSNR, if given. `psnr` also
-    ranks the checkpoint for keeping the best one.
+    holds the run's config and phase index), the held-out PSNR, if given, and the CRC-32 of
+    every array (verified on restore). `psnr` also ranks the checkpoint for keeping the best.
     """
     meta = dict(meta, images_seen=images_seen, version=progae_jax.__version__,
                 **_position(meta, images_seen))
@@ -206,12 +237,14 @@ class Checkpointer:
       meta["metrics"] = {"psnr": float(psnr)}
       metrics = {"psnr": float(psnr), "resolution": meta["resolution"]}
     meta["data_iterator"] = data_iterator is not None
+    meta["checksums"] = checksums(state)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(
           _IteratorState(_iterator_state_bytes(data_iterator)))
-    self._manager.save(images_seen, args=ocp.args.Composite(**items), metrics=metrics,
-                       force=True)
+    self._written(lambda: self._manager.save(images_seen, args=ocp.args.Composite(**items),
+                                             metrics=metrics, force=True))
+    self._saving = images_seen
 
   def read_meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
@@ -260,6 +293,7 @@ class Checkpointer:
       raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
                             "its arrays do not match its metadata") from None
     _check_restored(state, abstract_state, where)
+    _verify_checksums(state, meta, where)
     if data.state is not None:
       try:
         json.loads(data.state)
@@ -267,6 +301,41 @@ class Checkpointer:
         raise CheckpointError(f"{where}: its data iterator's position is not JSON "
                               f"({_cause(e)}); it is damaged") from None
     return Restored(dict(state), meta, data.state)
+
+  def restore_any(self, step: int | None, mesh, *, with_data: bool = False) -> Restored:
+    """Restores a checkpoint of any stage: the target is built from its own metadata."""
+    step = self._resolve(step)
+    meta = self.read_meta(step)
+    try:
+      config = TrainConfig.from_dict(meta["config"])
+      stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
+      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
+      abstract = train_state.abstract_state(config, stage, optimizer, mesh)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise CheckpointError(
+          f"the metadata of checkpoint {step} in {self.directory} does not "
+          f"describe a progae_jax {progae_jax.__version__} run (written by version "
+          f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
+    return self.restore(step, abstract, with_data=with_data)
+
+  def intact(self, mesh, *, below: int) -> list[int]:
+    """The checkpoints before `below` that restore completely, their checksums verified."""
+    good = []
+    for step in self.steps():
+      if step < below:
+        try:
+          self.restore_any(step, mesh, with_data=True)
+          good.append(step)
+        except CheckpointError:
+          pass
+    return good
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints after `step` (a run resumed from it replaces them)."""
+    later = [s for s in self.steps() if s > step]
+    for s in later:
+      self._manager.delete(s)
+    return later
 
   def _resolve(self, step: int | None) -> int:
     steps = self.steps()
@@ -285,12 +354,41 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every pending asynchronous save is complete."""
-    self._manager.wait_until_finished()
+    self._written(self._manager.wait_until_finished)
 
   def close(self) -> None:
     """Waits for pending saves, then releases Orbax's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # noqa: BLE001 - a failed save was reported once, by wait().
+        if self._failed is None:
+          raise
+
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-process runs: whether JAX's preemption service agreed to stop at `step`."""
+    return self._manager.reached_preemption(step)
+
+  def _written(self, action):
+    """Runs a save or a wait; a write that failed (now or in the background) is one
+    CheckpointError saying which checkpoint was lost and which are intact, reported once."""
+    try:
+      return action()
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds.
+      if self._failed is not None:
+        return None
+      lost = self._saving
+      intact = [s for s in self.steps() if s != lost]
+      what = f"checkpoint {lost}" if lost is not None else "a checkpoint"
+      if _disk_full(e):
+        self._failed = (f"the disk is full: {what} could not be written in {self.directory}; "
+                        f"the earlier checkpoints {intact} are intact")
+      else:
+        self._failed = (f"{what} could not be written in {self.directory} ({_cause(e)}); the "
+                        f"earlier checkpoints {intact} are intact")
+      raise CheckpointError(self._failed) from None
 
 
 def _check_restored(state, abstract_state, where: str) -> None:
@@ -303,6 +401,60 @@ def _check_restored(state, abstract_state, where: str) -> None:
     if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
       raise CheckpointError(f"{where}: {jax.tree_util.keystr(path)} is {a.dtype}{list(a.shape)}"
                             f" but its metadata says {b.dtype}{list(b.shape)}")
+
+
+def leaf_name(path) -> str:
+  """`opt_state/inner_state/0/mu/encoder/block_8/conv1/kernel`: a leaf's path in the state."""
+  parts = []
+  for key in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _host_array(x) -> np.ndarray:
+  """The whole array on this host: a local copy where it is replicated, else gathered (a
+  collective in a multi-process run, where every process saves and restores together)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def checksums(state) -> dict[str, str]:
+  """The CRC-32 of every array's bytes, by `leaf_name`: what a checkpoint's metadata holds.
+
+  Tensorstore reads a chunk whose compressed bytes were altered without noticing, as long as
+  they still decompress: the restore then succeeds with wrong values (an Adam moment off by
+  3e38). These checksums, computed from the arrays themselves at save, catch it on restore.
+  """
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    data = np.ascontiguousarray(_host_array(x)).reshape(-1).view(np.uint8)
+    out[leaf_name(path)] = f"{zlib.crc32(data):08x}"
+  return out
+
+
+def _verify_checksums(state, meta: dict, where: str) -> None:
+  """Each restored array must have the checksum saved with it (checkpoints written before
+  checksums were saved have none to check)."""
+  saved = meta.get("checksums")
+  if saved is None:
+    return
+  got = checksums(state)
+  if not isinstance(saved, dict) or set(saved) != set(got):
+    raise CheckpointError(f"{where}: the checksums in its metadata do not name its arrays; "
+                          "it is damaged")
+  bad = [name for name in got if got[name] != saved[name]]
+  if bad:
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise CheckpointError(
+        f"{where}: array {bad[0]}{more} does not match the checksum saved with it (CRC-32 "
+        f"{got[bad[0]]}, saved {saved[bad[0]]}): its files were altered after the save")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -355,20 +507,7 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   directory, step = locate(path, step)
   manager = Checkpointer(directory, read_only=True, asynchronous=False)
   try:
-    step = manager._resolve(step)
-    meta = manager.read_meta(step)
-    try:
-      config = TrainConfig.from_dict(meta["config"])
-      stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
-      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
-      abstract = train_state.abstract_state(config, stage, optimizer,
-                                            mesh or parallel.make_mesh())
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-      raise CheckpointError(
-          f"the metadata of checkpoint {step} in {directory} does not "
-          f"describe a progae_jax {progae_jax.__version__} run (written by version "
-          f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
-    restored = manager.restore(step, abstract, with_data=False)
+    restored = manager.restore_any(step, mesh or parallel.make_mesh())
     return restored.state, restored.meta
   finally:
     manager.close()
