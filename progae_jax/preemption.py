@@ -55,7 +55,9 @@ class StopSignals:
           flush=True)
 
   def requested(self, step: int) -> str | None:
-    """The signal to stop for, at `step` (one call per step, on every process), or None."""
+    """The signal to stop for after `step` (the count of steps this process has taken: JAX's
+    sync point is the step after the highest any process had reached), or None. Called once
+    per step, on every process."""
     if self._multi and self._reached is not None and self._reached(step):
       return "SIGTERM"
     return self._received

@@ -236,6 +236,7 @@ class _Run:
   summary: list[dict] = dataclasses.field(default_factory=list)
   last_eval: dict | None = None
   stopped_by: str | None = None  # The signal that stopped the run.
+  steps_run: int = 0  # Steps taken by this process (JAX's preemption sync counts in steps).
 
   def stop_reached(self) -> bool:
     return (self.stopped_by is not None or self.stop_after_images is not None
@@ -462,6 +463,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
     window.pending.append((before, alpha, metrics))
     window.images += phase.batch_size
     run.images_seen += phase.batch_size
+    run.steps_run += 1
     run.bar.update(phase.batch_size)
     due = _due(run, phase, before, len(window.pending))
     if due.log:
@@ -480,7 +482,7 @@ def _due(run: _Run, phase: Phase, before: int, window_steps: int) -> _Due:
   """After the step from `before` to `run.images_seen` images: what is due now. Evaluations
   and checkpoints fall where their period is crossed; `_end_phase` does both at a phase's end."""
   config, after = run.config, run.images_seen
-  run.stopped_by = run.stopped_by or run.signals.requested(after)
+  run.stopped_by = run.stopped_by or run.signals.requested(run.steps_run)
   crossed = lambda every: after // every > before // every
   at_end = after >= phase.end
   evaluate = crossed(config.eval_every_images)
