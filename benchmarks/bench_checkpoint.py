@@ -43,9 +43,7 @@ def main_job_config():
   real = data.dataset_info
   data.dataset_info = lambda name, **kw: types.SimpleNamespace(channels=3)
   try:
-    parser = argparse.ArgumentParser()
-    cli._train_parser(parser.add_subparsers(dest="command"))
-    return cli.build_config(parser.parse_args(["train"]))
+    return cli.train_config([])
   finally:
     data.dataset_info = real
 

@@ -2,11 +2,11 @@
 what it learned.
 
 Read in this order: `ops` (the one downsample and upsample), `model` (a stage, named by
-resolution), `growth` (grow, finish_fade and the optimizer state that follows), then `train`.
+resolution), `growth` (grow, finish_fade and the optimizer state that follows), then
+`train_state` (the state a run carries and grows) and `train` (the loop).
 """
 
-__version__ = "0.1.0"
-
+from progae_jax.version import __version__
 from progae_jax.checkpoint import CheckpointError, restore
 from progae_jax.config import ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state, merge_by_path

@@ -36,10 +36,10 @@ from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-import progae_jax
 from progae_jax import parallel, train_state
 from progae_jax.model import Stage
 from progae_jax.schedule import TrainConfig, alpha_at, phases
+from progae_jax.version import __version__
 
 ITEMS = ("state", "meta", "data")
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
@@ -230,7 +230,7 @@ class Checkpointer:
     holds the run's config and phase index), the held-out PSNR, if given, and the CRC-32 of
     every array (verified on restore). `psnr` also ranks the checkpoint for keeping the best.
     """
-    meta = dict(meta, images_seen=images_seen, version=progae_jax.__version__,
+    meta = dict(meta, images_seen=images_seen, version=__version__,
                 **_position(meta, images_seen))
     metrics = None
     if psnr is not None:
@@ -314,7 +314,7 @@ class Checkpointer:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise CheckpointError(
           f"the metadata of checkpoint {step} in {self.directory} does not "
-          f"describe a progae_jax {progae_jax.__version__} run (written by version "
+          f"describe a progae_jax {__version__} run (written by version "
           f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
     return self.restore(step, abstract, with_data=with_data)
 

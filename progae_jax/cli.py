@@ -119,10 +119,6 @@ def _train_parser(sub) -> None:
 
 def build_config(args) -> "TrainConfig":
   """Preset, then --config file, then flags: each overrides the one before."""
-  from progae_jax import data
-  from progae_jax.config import ModelConfig
-  from progae_jax.schedule import StageSchedule, TrainConfig
-
   fields = json.loads(json.dumps(PRESETS[args.preset]))
   if args.max_resolution is not None:  # The preset's entries for stages never reached go.
     fields["stages"] = {r: s for r, s in fields.get("stages", {}).items()
@@ -138,28 +134,40 @@ def build_config(args) -> "TrainConfig":
                  "stable_images", "learning_rate", "seed", "optimizer_on_growth", "alpha_ramp",
                  "ema_decay", "eval_every_images", "checkpoint_every_images",
                  "keep_checkpoints", "compute_dtype")
-  stage_keys = ("batch_size", "fade_images", "stable_images", "learning_rate")
   for field in flag_fields:
     value = getattr(args, field, None)
     if value is None:
       continue
     fields[field] = value
-    if field in stage_keys:  # A flag means "every stage": per-stage entries give way to it.
+    if field in _STAGE_FIELDS:  # A flag means "every stage": per-stage entries give way to it.
       for stage in fields.get("stages", {}).values():
         stage[field] = value
   if args.no_ema:
     fields["ema_decay"] = None
-  options = dict(fields.pop("dataset_options", {}))
   if args.fit:
-    options["fit"] = args.fit
+    fields["dataset_options"] = dict(fields.get("dataset_options", {}), fit=args.fit)
+  return config_from_fields(fields)
+
+
+_STAGE_FIELDS = ("fade_images", "stable_images", "batch_size", "learning_rate")
+
+
+def config_from_fields(fields: dict) -> "TrainConfig":
+  """The TrainConfig of a preset's or `--config` file's fields: TrainConfig's own, `model`
+  (ModelConfig's), `max_resolution`, and the default StageSchedule's (`batch_size`, ...).
+  The model's image channels default to the dataset's."""
+  from progae_jax import data
+  from progae_jax.config import ModelConfig
+  from progae_jax.schedule import StageSchedule, TrainConfig
+
+  fields = json.loads(json.dumps(fields))
+  options = fields.pop("dataset_options", {})
   spec = data.dataset_info(fields["dataset"], data_dir=fields.get("data_dir"), **options)
-  model_fields = dict(fields.pop("model", {}))
+  model_fields = fields.pop("model", {})
   model_fields.setdefault("image_channels", spec.channels)
   model_fields["max_resolution"] = fields.pop("max_resolution", model_fields.get(
       "max_resolution", 32))
-  default_stage = StageSchedule(**{k: fields.pop(k) for k in
-                                   ("fade_images", "stable_images", "batch_size",
-                                    "learning_rate") if k in fields})
+  default_stage = StageSchedule(**{k: fields.pop(k) for k in _STAGE_FIELDS if k in fields})
   return TrainConfig(model=ModelConfig.from_dict(model_fields), default_stage=default_stage,
                      dataset_options=options, **fields)
 
@@ -273,7 +281,12 @@ def cmd_reconstruct(args) -> int:
   return 0
 
 
-def main(argv=None) -> int:
+def train_config(argv: list[str]) -> "TrainConfig":
+  """The TrainConfig that `progae train ARGV` would train (nothing is run)."""
+  return build_config(_parser().parse_args(["train", *argv]))
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="progae", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +305,11 @@ def main(argv=None) -> int:
   p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
   sub.add_parser("bench", help="training speed per stage (--help for its options)",
                  add_help=False)
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = _parser()
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "bench":
     from progae_jax import bench

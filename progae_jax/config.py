@@ -1,32 +1,64 @@
-"""Model configuration: one frozen, hashable dataclass, validated when it is made."""
+"""Model configuration: one frozen, hashable dataclass, validated when it is made.
+
+Also the checks every config and every layer of the library share: what counts as an integer
+(`is_int`: never a bool) or a number (`is_number`), the one error for a bad field
+(`check_field`), and the stages a model grows through (`resolutions_up_to`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import numbers
+from typing import Any, Iterable, Mapping
 
 MIN_RESOLUTION = 4  # Every model starts at 4x4: the latent is a dense layer on a 4x4 map.
 
 
+def is_int(value: Any, at_least: int | None = None) -> bool:
+  """An integer, Python's or NumPy's, and at least `at_least` if given. Never a bool: True is
+  an int to Python, but never a count or a size here."""
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and (at_least is None or value >= at_least))
+
+
+def is_number(value: Any) -> bool:
+  """A real number (int or float, Python's or NumPy's), never a bool."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_power_of_two(n: Any) -> bool:
-  return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+  return is_int(n, 1) and n & (n - 1) == 0
+
+
+def resolutions_up_to(max_resolution: int) -> tuple[int, ...]:
+  """4, 8, 16, ... up to `max_resolution`: every stage a model of that size grows through."""
+  out, r = [], MIN_RESOLUTION
+  while r <= max_resolution:
+    out.append(r)
+    r *= 2
+  return tuple(out)
+
+
+def check_field(config: Any, field: str, ok: bool, allowed: str) -> None:
+  """Unless `ok`, raises every config's one error: `ModelConfig.latent_dim=-1 is invalid:
+  must be ...`."""
+  if not ok:
+    raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r} is invalid: "
+                     f"{allowed}")
+
+
+def check_ints(config: Any, fields: Iterable[str], at_least: int) -> None:
+  """Each of `fields` of the frozen dataclass `config` must be an integer >= `at_least`; it is
+  stored as a Python int (configs are written to JSON)."""
+  for field in fields:
+    value = getattr(config, field)
+    check_field(config, field, is_int(value, at_least), f"must be an integer >= {at_least}")
+    object.__setattr__(config, field, int(value))
 
 
 def default_channels(max_resolution: int) -> dict[int, int]:
   """Feature channels per resolution: 128 up to 8x8, then halving (64 at 16, 32 at 32, ...)."""
-  out, r = {}, MIN_RESOLUTION
-  while r <= max_resolution:
-    out[r] = max(1, min(128, 1024 // r))
-    r *= 2
-  return out
-
-
-def _fail(field: str, value: Any, allowed: str):
-  raise ValueError(f"ModelConfig.{field}={value!r} is invalid: {allowed}")
-
-
-def _is_positive_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v > 0
+  return {r: max(1, min(128, 1024 // r)) for r in resolutions_up_to(max_resolution)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +82,21 @@ class ModelConfig:
   leaky_slope: float = 0.2
 
   def __post_init__(self):
-    if not _is_positive_int(self.image_channels):
-      _fail("image_channels", self.image_channels, "must be a positive integer (1 grey, 3 RGB)")
-    if not is_power_of_two(self.max_resolution) or self.max_resolution < 8:
-      _fail("max_resolution", self.max_resolution, "must be a power of two, at least 8")
+    check_field(self, "image_channels", is_int(self.image_channels, 1),
+                "must be a positive integer (1 grey, 3 RGB)")
+    check_field(self, "max_resolution", is_power_of_two(self.max_resolution)
+                and self.max_resolution >= 8, "must be a power of two, at least 8")
+    object.__setattr__(self, "channels", self._channel_pairs())
+    check_field(self, "latent_dim", is_int(self.latent_dim, 1), "must be a positive integer")
+    for field in ("image_channels", "max_resolution", "latent_dim"):  # NumPy's as Python's.
+      object.__setattr__(self, field, int(getattr(self, field)))
+    slope = self.leaky_slope
+    check_field(self, "leaky_slope", is_number(slope) and 0 <= slope < 1,
+                "must be a number in [0, 1)")
+    object.__setattr__(self, "leaky_slope", float(slope))
+
+  def _channel_pairs(self) -> tuple[tuple[int, int], ...]:
+    """`channels` as (resolution, channels) pairs for exactly this model's resolutions."""
     channels = self.channels
     if channels is None:
       channels = default_channels(self.max_resolution)
@@ -62,33 +105,24 @@ class ModelConfig:
     try:
       pairs = tuple(sorted((k, v) for k, v in channels))
     except (TypeError, ValueError):
-      _fail("channels", self.channels, "must map resolutions to channel counts, e.g. {4: 128}")
+      pairs = None
+    check_field(self, "channels", pairs is not None,
+                "must map resolutions to channel counts, e.g. {4: 128}")
     for r, c in pairs:
-      if not is_power_of_two(r) or r < MIN_RESOLUTION:
-        _fail("channels", self.channels, f"key {r!r} is not a power of two >= {MIN_RESOLUTION}")
-      if not _is_positive_int(c):
-        _fail("channels", self.channels, f"channels at {r} must be a positive integer, got {c!r}")
+      check_field(self, "channels", is_power_of_two(r) and r >= MIN_RESOLUTION,
+                  f"key {r!r} is not a power of two >= {MIN_RESOLUTION}")
+      check_field(self, "channels", is_int(c, 1),
+                  f"channels at {r} must be a positive integer, got {c!r}")
     have = dict(pairs)
     missing = [r for r in self.resolutions if r not in have]
-    if missing:
-      _fail("channels", self.channels, f"needs an entry for every resolution "
-            f"{self.resolutions}; missing {missing}")
-    object.__setattr__(self, "channels", tuple((r, have[r]) for r in self.resolutions))
-    if not _is_positive_int(self.latent_dim):
-      _fail("latent_dim", self.latent_dim, "must be a positive integer")
-    slope = self.leaky_slope
-    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 <= slope < 1:
-      _fail("leaky_slope", slope, "must be a number in [0, 1)")
-    object.__setattr__(self, "leaky_slope", float(slope))
+    check_field(self, "channels", not missing, f"needs an entry for every resolution "
+                f"{self.resolutions}; missing {missing}")
+    return tuple((r, int(have[r])) for r in self.resolutions)
 
   @property
   def resolutions(self) -> tuple[int, ...]:
     """Every stage's resolution, 4, 8, ..., max_resolution."""
-    out, r = [], MIN_RESOLUTION
-    while r <= self.max_resolution:
-      out.append(r)
-      r *= 2
-    return tuple(out)
+    return resolutions_up_to(self.max_resolution)
 
   def channels_at(self, resolution: int) -> int:
     """Feature channels of the blocks that run at `resolution`."""

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from progae_jax.config import MIN_RESOLUTION, ModelConfig
+from progae_jax.config import MIN_RESOLUTION, ModelConfig, resolutions_up_to
 from progae_jax.ops import downsample, fade_in, upsample
 
 Params = dict[str, Any]
@@ -250,21 +250,13 @@ def stage_of(params: Params) -> Stage:
                      f"{enc} and the decoder's to_image adapters {dec} must be the same one "
                      "resolution (stable) or two consecutive ones (fading)")
   top = enc[-1]
-  needed = [block_name(r) for r in _stage_resolutions(top)]
+  needed = [block_name(r) for r in resolutions_up_to(top)]
   for part in ("encoder", "decoder"):
     missing = [b for b in needed if b not in params[part]]
     if missing:
       raise ValueError(f"not a progae_jax parameter tree: {part} lacks {missing} for "
                        f"resolution {top}")
   return Stage(top, fading=len(enc) == 2)
-
-
-def _stage_resolutions(top: int) -> list[int]:
-  out, r = [], MIN_RESOLUTION
-  while r <= top:
-    out.append(r)
-    r *= 2
-  return out
 
 
 def check_images(config: ModelConfig, stage: Stage, images) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from typing import Any, Literal, Mapping
 
-from progae_jax.config import MIN_RESOLUTION, ModelConfig
+from progae_jax.config import MIN_RESOLUTION, ModelConfig, check_field, check_ints, is_number
 
 
 # What `optimizer_on_growth` may be (see TrainConfig).
@@ -36,14 +36,10 @@ class StageSchedule:
   learning_rate: float = 1e-3
 
   def __post_init__(self):
-    for name in ("fade_images", "stable_images", "batch_size"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch_size" else 0):
-        raise ValueError(f"StageSchedule.{name}={v!r} is invalid: must be an integer >= "
-                         f"{1 if name == 'batch_size' else 0}")
+    check_ints(self, ("fade_images", "stable_images"), 0)
+    check_ints(self, ("batch_size",), 1)
     lr = self.learning_rate
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
-      raise ValueError(f"StageSchedule.learning_rate={lr!r} is invalid: must be in (0, 1)")
+    check_field(self, "learning_rate", is_number(lr) and 0 < lr < 1, "must be in (0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,23 +90,18 @@ class TrainConfig:
                        f"the model {self.model.resolutions}")
     object.__setattr__(self, "stages", stages)
     object.__setattr__(self, "dataset_options", dict(self.dataset_options))
-    if self.optimizer_on_growth not in OPTIMIZER_POLICIES:
-      raise ValueError(f"TrainConfig.optimizer_on_growth={self.optimizer_on_growth!r} is "
-                       f"invalid: must be one of {', '.join(OPTIMIZER_POLICIES)}")
-    if self.alpha_ramp not in ("linear", "smooth"):
-      raise ValueError(f"TrainConfig.alpha_ramp={self.alpha_ramp!r} is invalid: must be "
-                       "'linear' or 'smooth'")
-    if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-      raise ValueError(f"TrainConfig.ema_decay={self.ema_decay!r} is invalid: must be in "
-                       "(0, 1) or None")
-    if self.compute_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r} is invalid: must be "
-                       "'float32' or 'bfloat16'")
-    for name in ("eval_every_images", "eval_images", "log_every_steps",
-                 "checkpoint_every_images", "keep_checkpoints"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"TrainConfig.{name}={v!r} is invalid: must be a positive integer")
+    check_field(self, "optimizer_on_growth", self.optimizer_on_growth in OPTIMIZER_POLICIES,
+                f"must be one of {', '.join(OPTIMIZER_POLICIES)}")
+    check_field(self, "alpha_ramp", self.alpha_ramp in ("linear", "smooth"),
+                "must be 'linear' or 'smooth'")
+    decay = self.ema_decay
+    check_field(self, "ema_decay", decay is None or (is_number(decay) and 0 < decay < 1),
+                "must be in (0, 1) or None")
+    check_field(self, "compute_dtype", self.compute_dtype in ("float32", "bfloat16"),
+                "must be 'float32' or 'bfloat16'")
+    check_ints(self, ("eval_every_images", "eval_images", "log_every_steps",
+                      "checkpoint_every_images", "keep_checkpoints"), 1)
+    check_ints(self, ("seed",), 0)
 
   def stage(self, resolution: int) -> StageSchedule:
     return self.stages.get(resolution, self.default_stage)

@@ -33,17 +33,15 @@ from progae_jax.checkpoint import CheckpointError
 from progae_jax.config import ModelConfig
 from progae_jax.schedule import StageSchedule, TrainConfig
 
+from conftest import tiny_run
+
 N = 512  # Images of the whole run.
-CONFIG = {
-    "dataset": "digits", "max_resolution": 8, "batch_size": 32,
-    "model": {"channels": {"4": 8, "8": 8}, "latent_dim": 8},
-    "stages": {"4": {"fade_images": 0, "stable_images": 128, "batch_size": 32,
-                     "learning_rate": 0.002},
-               "8": {"fade_images": 256, "stable_images": 128, "batch_size": 32,
-                     "learning_rate": 0.001}},
-    "eval_every_images": 128, "eval_images": 64, "log_every_steps": 3,
-    "checkpoint_every_images": 64, "ema_decay": 0.99,
-}
+CONFIG = tiny_run(
+    stages={"4": {"fade_images": 0, "stable_images": 128, "batch_size": 32,
+                  "learning_rate": 0.002},
+            "8": {"fade_images": 256, "stable_images": 128, "batch_size": 32,
+                  "learning_rate": 0.001}},
+    eval_every_images=128, log_every_steps=3, checkpoint_every_images=64)
 
 # Runs `progae` with Orbax's last act of one save (the rename that makes the checkpoint) held
 # back: forever (the test then kills it mid-save, every time), for a few seconds, or until a

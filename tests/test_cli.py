@@ -7,27 +7,20 @@ import pytest
 
 from progae_jax import cli, cpu
 
-
-def _parse(argv):
-  parser_args = ["train"] + argv
-  import argparse
-  parser = argparse.ArgumentParser()
-  sub = parser.add_subparsers(dest="command")
-  cli._train_parser(sub)
-  return parser.parse_args(parser_args)
+from conftest import tiny_run
 
 
 def test_no_options_is_the_main_job(data_dir):
-  config = cli.build_config(_parse(["--data-dir", data_dir]))
+  config = cli.train_config(["--data-dir", data_dir])
   assert config.dataset == "image_patches"
   assert config.model.image_channels == 3 and config.model.resolutions == (4, 8, 16, 32)
   assert config.optimizer_on_growth == "carry"
 
 
 def test_flags_override_preset_and_every_stage(data_dir):
-  config = cli.build_config(_parse(["--data-dir", data_dir, "--batch-size", "16",
-                                    "--learning-rate", "0.0005", "--optimizer-on-growth",
-                                    "reset", "--no-ema", "--max-resolution", "16"]))
+  config = cli.train_config(["--data-dir", data_dir, "--batch-size", "16",
+                             "--learning-rate", "0.0005", "--optimizer-on-growth", "reset",
+                             "--no-ema", "--max-resolution", "16"])
   assert all(config.stage(r).batch_size == 16 for r in (4, 8, 16))
   assert all(config.stage(r).learning_rate == 5e-4 for r in (4, 8, 16))
   assert config.optimizer_on_growth == "reset" and config.ema_decay is None
@@ -38,8 +31,8 @@ def test_config_file_sets_per_stage_schedules(data_dir, tmp_path):
   path = tmp_path / "c.json"
   path.write_text(json.dumps({"stages": {"8": {"batch_size": 8, "fade_images": 80,
                                                "stable_images": 40, "learning_rate": 1e-4}}}))
-  config = cli.build_config(_parse(["--preset", "digits", "--data-dir", data_dir,
-                                    "--config", str(path)]))
+  config = cli.train_config(["--preset", "digits", "--data-dir", data_dir,
+                             "--config", str(path)])
   assert config.model.image_channels == 1 and config.model.max_resolution == 8
   assert config.stage(8).batch_size == 8 and config.stage(4).batch_size == 64
 
@@ -69,11 +62,12 @@ def test_bad_values_are_reported_without_a_traceback(data_dir, capsys, tmp_path)
 
 
 def test_python_dash_m_trains_the_seed_case(data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
+  workdir, config = str(tmp_path / "run"), tmp_path / "tiny.json"
+  config.write_text(json.dumps(tiny_run()))
   proc = subprocess.run(
-      [sys.executable, "-m", "progae_jax", "train", "--preset", "digits", "--data-dir", data_dir,
-       "--workdir", workdir, "--fade-images", "128", "--stable-images", "128",
-       "--batch-size", "32", "--quiet"],
+      [sys.executable, "-m", "progae_jax", "train", "--preset", "digits", "--config",
+       str(config), "--data-dir", data_dir, "--workdir", workdir, "--fade-images", "128",
+       "--stable-images", "128", "--batch-size", "32", "--quiet"],
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "final held-out PSNR" in proc.stdout and "8x8" in proc.stdout
@@ -97,8 +91,8 @@ def test_a_device_count_chosen_by_the_environment_is_left_alone(monkeypatch):
 
 
 def test_reset_twice_is_an_optimizer_policy(data_dir):
-  config = cli.build_config(_parse(["--data-dir", data_dir, "--optimizer-on-growth",
-                                    "reset_twice"]))
+  config = cli.train_config(["--data-dir", data_dir, "--optimizer-on-growth",
+                             "reset_twice"])
   assert config.optimizer_on_growth == "reset_twice"
 
 

@@ -1,7 +1,11 @@
+import json
+
 import jax
+import numpy as np
 import pytest
 
 from progae_jax import ModelConfig
+from progae_jax.schedule import StageSchedule, TrainConfig
 
 
 def test_defaults_are_the_reference_model():
@@ -41,3 +45,25 @@ def test_dict_round_trip():
 def test_every_field_is_validated(kwargs, field):
   with pytest.raises(ValueError, match=f"ModelConfig.{field}="):
     ModelConfig(**kwargs)
+
+
+def test_a_bool_is_never_a_count_and_numpy_integers_are_stored_as_ints():
+  with pytest.raises(ValueError, match="ModelConfig.latent_dim=True is invalid"):
+    ModelConfig(latent_dim=True)
+  with pytest.raises(ValueError, match="StageSchedule.batch_size=True is invalid"):
+    StageSchedule(batch_size=True)
+  with pytest.raises(ValueError, match="TrainConfig.keep_checkpoints=False is invalid"):
+    TrainConfig(keep_checkpoints=False)
+  c = ModelConfig(image_channels=np.int64(1), max_resolution=np.int32(8),
+                  channels={4: np.int64(8), 8: 8}, latent_dim=np.int64(8))
+  assert all(type(v) is int for v in (c.image_channels, c.max_resolution, c.latent_dim))
+  assert json.loads(json.dumps(TrainConfig(model=c, seed=np.int64(3)).to_dict()))["seed"] == 3
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"seed": -1}, "seed"), ({"seed": "1"}, "seed"), ({"ema_decay": "0.9"}, "ema_decay"),
+    ({"eval_images": 0}, "eval_images"), ({"compute_dtype": "float16"}, "compute_dtype"),
+])
+def test_every_train_field_is_validated(kwargs, field):
+  with pytest.raises(ValueError, match=f"TrainConfig.{field}="):
+    TrainConfig(**kwargs)

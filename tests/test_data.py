@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,24 +12,6 @@ import tensorflow_datasets as tfds
 
 from progae_jax import data
 from progae_jax.ops import downsample
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  """Both built-in datasets, prepared once per session with the network cut off."""
-  path = tmp_path_factory.mktemp("tfds")
-  with pytest.MonkeyPatch.context() as mp:
-    _cut_network(mp)
-    for name in data.BUILTIN_DATASETS:
-      data.prepare(name, data_dir=path)
-  return str(path)
-
-
-def _cut_network(mp):
-  def refuse(*args, **kwargs):
-    raise OSError("network access in a test")
-  mp.setattr(socket.socket, "connect", refuse)
-  mp.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture

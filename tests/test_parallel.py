@@ -27,20 +27,19 @@ import subprocess
 import sys
 import time
 
+from conftest import tiny_run
+
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 # The run every topology trains: digits, 4x4 (3 steps) -> 8x8 fade (3 steps) -> 8x8 stable (2).
 STOP_AT = 80  # Mid-fade: 48 images at 4x4, then 2 of the 3 fade steps.
-CONFIG_JSON = {
-    "model": {"channels": {"4": 8, "8": 8}, "latent_dim": 8},
-    "stages": {"4": {"fade_images": 0, "stable_images": 48, "batch_size": 16,
-                     "learning_rate": 0.003},
-               "8": {"fade_images": 48, "stable_images": 32, "batch_size": 16,
-                     "learning_rate": 0.002}},
-    "eval_images": 16, "eval_every_images": 100_000, "checkpoint_every_images": 100_000,
-    "log_every_steps": 2, "ema_decay": 0.99,
-}
+CONFIG_JSON = tiny_run(
+    stages={"4": {"fade_images": 0, "stable_images": 48, "batch_size": 16,
+                  "learning_rate": 0.003},
+            "8": {"fade_images": 48, "stable_images": 32, "batch_size": 16,
+                  "learning_rate": 0.002}},
+    eval_images=16, log_every_steps=2)
 TOTAL_IMAGES = 128
 
 
@@ -49,13 +48,10 @@ def train_argv(config_path: str, data_dir: str, workdir: str, *extra: str) -> li
           "--workdir", workdir, *extra]
 
 
-def build_config(argv: list[str]):
-  """The TrainConfig that `progae train ARGV` would run."""
-  import argparse
+def config_of(config_path: str, data_dir: str):
+  """The TrainConfig that `progae train` with `train_argv` trains (nothing is run)."""
   from progae_jax import cli
-  parser = argparse.ArgumentParser()
-  cli._train_parser(parser.add_subparsers(dest="command"))
-  return cli.build_config(parser.parse_args(argv))
+  return cli.train_config(train_argv(config_path, data_dir, "unused")[1:])
 
 
 def flat_params(tree) -> dict:
@@ -81,7 +77,7 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
 
   assert jax.device_count() == 4, jax.devices()
   report = {}
-  config = build_config(train_argv(config_path, data_dir, os.path.join(out, "unused")))
+  config = config_of(config_path, data_dir)
   mesh = parallel.make_mesh()
   report["mesh"] = parallel.mesh_summary(mesh)
   report["mesh_of_2"] = parallel.make_mesh(2).devices.size
@@ -242,12 +238,6 @@ if __name__ != "__main__":
   from progae_jax import checkpoint, data, parallel, train, train_state
 
   @pytest.fixture(scope="module")
-  def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("tfds"))
-    data.prepare("digits", data_dir=d)
-    return d
-
-  @pytest.fixture(scope="module")
   def runs(tmp_path_factory, data_dir):
     """Every topology's run of the same config: 1 device here, while in subprocesses
     1 process x 4 devices and 2 processes x 2 devices (first launch, then resume)."""
@@ -269,7 +259,7 @@ if __name__ != "__main__":
                                                out, str(i), port, "first"], _env(2, cache))
                for i in range(2)]
       # The single-process, single-device reference, meanwhile, in this process.
-      config = build_config(train_argv(config_path, data_dir, "unused"))
+      config = config_of(config_path, data_dir)
       ref = train.train_and_evaluate(config, str(root / "w1"), mesh=parallel.make_mesh(),
                                      progress=False)
       launcher.wait(first, deadline)
@@ -397,7 +387,7 @@ if __name__ != "__main__":
 
   def test_bfloat16_trains_and_stays_close_to_float32(data_dir, tmp_path):
     import dataclasses
-    base = build_config(train_argv(str(_write_config(tmp_path)), data_dir, "unused"))
+    base = config_of(str(_write_config(tmp_path)), data_dir)
     mesh = parallel.make_mesh()
     it = data.batches("digits", resolution=4, batch_size=32, seed=7, data_dir=data_dir)
     batches = [next(it) for _ in range(40)]

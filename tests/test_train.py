@@ -10,22 +10,14 @@ import pytest
 
 from progae_jax import (ModelConfig, apply, checkpoint, data, downsample, parallel, stage_of,
                         train, train_state)
-from progae_jax.schedule import StageSchedule, TrainConfig, alpha_at, phases
+from progae_jax.schedule import TrainConfig, alpha_at, phases
 
-TINY = ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8}, latent_dim=8)
+from conftest import tiny_config
 
 _compiles = []
 jax.monitoring.register_event_duration_secs_listener(
     lambda event, secs, **kw: _compiles.append(event)
     if event == "/jax/core/compile/backend_compile_duration" else None)
-
-
-def _config(data_dir, **kw):
-  kw.setdefault("default_stage", StageSchedule(fade_images=256, stable_images=256,
-                                               batch_size=32, learning_rate=3e-3))
-  kw = {"eval_every_images": 10**9, "checkpoint_every_images": 10**9, **kw}
-  return TrainConfig(model=TINY, dataset="digits", data_dir=data_dir, eval_images=64,
-                     log_every_steps=4, **kw)
 
 
 class _Recording:
@@ -68,7 +60,7 @@ class _Recording:
 def run(data_dir, tmp_path_factory):
   """One two-stage run (4x4 stable -> 8x8 fade -> 8x8 stable), shared by the tests below."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = _config(data_dir, keep_checkpoints=3)  # Every phase end's checkpoint stays.
+  config = tiny_config(data_dir, keep_checkpoints=3)  # Every phase end's checkpoint stays.
   recorder = _Recording()
   handler = _CompileLog()
   logging.getLogger("jax").addHandler(handler)
@@ -209,7 +201,7 @@ def test_metrics_pictures_and_curves_are_written(run):
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_saved_checkpoint(data_dir, tmp_path):
-  config = _config(data_dir, checkpoint_every_images=128)
+  config = tiny_config(data_dir, checkpoint_every_images=128)
   poisoned = _Recording(poison_at=10)  # batch 11 (8x8 fade, step 11) is all NaN
   with pytest.raises(train.NonFiniteLossError, match=r"step 11 .*8x8 fade, alpha 0\.25"):
     train.train_and_evaluate(config, str(tmp_path), progress=False, data_module=poisoned)
@@ -229,42 +221,8 @@ def test_dataset_and_model_must_agree(data_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path), progress=False)
 
 
-def test_reset_policy_zeroes_adam_moments_at_growth(data_dir):
-  config = _config(data_dir, optimizer_on_growth="reset")
-  mesh = parallel.make_mesh()
-  opt = train_state.make_optimizer()
-  state = train_state.init_state(config, opt, mesh)
-  state = jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x, state)
-  grown = train_state.advance_state(state, config, opt, mesh)
-  mu = grown["opt_state"].inner_state[0].mu
-  assert all(not np.any(x) for x in jax.tree_util.tree_leaves(mu))
-  carried = train_state.advance_state(
-      jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x,
-                             train_state.init_state(_config(data_dir), opt, mesh)),
-      _config(data_dir), opt, mesh)
-  assert np.all(carried["opt_state"].inner_state[0].mu["encoder"]["block_4"]["conv1"]["bias"] == 1)
-
-
-def _bumped(state):
-  return jax.tree_util.tree_map(lambda x: x + 1 if x.dtype == np.float32 else x, state)
-
-
-@pytest.mark.parametrize("policy, reset_at_fade_end", [("reset", False), ("reset_twice", True),
-                                                       ("carry", False)])
-def test_the_fade_end_resets_adam_only_with_reset_twice(data_dir, policy, reset_at_fade_end):
-  config = _config(data_dir, optimizer_on_growth=policy)
-  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
-  fading = train_state.advance_state(train_state.init_state(config, opt, mesh), config, opt,
-                                     mesh)
-  stable = train_state.advance_state(_bumped(fading), config, opt, mesh)
-  assert str(stage_of(stable["params"])) == "8x8 stable"
-  mu = jax.tree_util.tree_leaves(stable["opt_state"].inner_state[0].mu)
-  assert all(not np.any(x) for x in mu) if reset_at_fade_end else all(np.all(x == 1) for x in mu)
-
-
 def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
-  config = _config(data_dir, default_stage=StageSchedule(fade_images=0, stable_images=128,
-                                                         batch_size=32, learning_rate=3e-3))
+  config = tiny_config(data_dir, fade_images=0, stable_images=128)
   result = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert [p.name for p in phases(config)] == ["4x4 stable", "8x8 stable"]
   assert str(stage_of(result.state["params"])) == "8x8 stable"
@@ -274,7 +232,7 @@ def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
 
 
 def test_microbatches_give_the_same_step(data_dir):
-  config = _config(data_dir)
+  config = tiny_config(data_dir)
   mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
   batch = parallel.global_batch(
       next(data.batches("digits", resolution=4, batch_size=32, seed=1, data_dir=data_dir)), mesh)
