@@ -673,7 +673,7 @@ def test_a_second_run_in_a_workdir_is_refused_and_the_first_finishes_unmixed(run
   assert _records(workdir) == [r for r in _records(reference) if r["images_seen"] <= 192]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_fade_saves_where_it_stopped_and_the_resume_is_bit_identical(
     sig, runner, reference):
   """The signal lands at a random moment of the fade; a torn metrics line (a kill mid-write)
