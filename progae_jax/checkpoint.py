@@ -18,17 +18,20 @@ and where, never an exception from deep inside Orbax or tensorstore.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import logging
 import os
-import sys
-import warnings
+import zlib
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -59,56 +62,67 @@ def _cause(e: BaseException) -> str:
   return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
 
 
-def _from_orbax(exc: BaseException | None) -> bool:
-  tb = exc.__traceback__ if exc is not None else None
-  while tb is not None:
-    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+def _disk_full(e: BaseException) -> bool:
+  """Whether an error from Orbax or tensorstore (or its causes) is ENOSPC."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
       return True
-    tb = tb.tb_next
+    e = e.__cause__ or e.__context__
   return False
 
 
-class _StrayOrbaxTaskFilter(logging.Filter):
-  """Drops asyncio's "... exception was never retrieved" reports of Orbax's abandoned reads."""
+class _DiskFullLogFilter(logging.Filter):
+  """Drops Orbax's own logs of a save that failed because the disk is full: its save threads
+  log the error with a traceback, several times over, before `wait()` raises it; the run
+  reports it once, in one line."""
 
   def filter(self, record):
-    message = record.getMessage()
-    if "exception was never retrieved" not in message:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno < logging.ERROR:
       return True
     exc = record.exc_info[1] if record.exc_info else None
-    return not (_from_orbax(exc) or "orbax" in message)
+    return not (_disk_full(exc) if exc else "No space left on device" in record.getMessage())
 
 
-def _quiet_stray_read_errors() -> None:
-  """Keeps a damaged checkpoint's one clear error from being buried in Orbax's noise.
+logging.getLogger("absl").addFilter(_DiskFullLogFilter())
 
-  When one array fails to read, Orbax's other reads go on in tensorstore threads whose event
-  loop is already gone: each then reports `RuntimeError: Event loop is closed`, its own read
-  error (as an unraisable exception), a "... exception was never retrieved" log line or a
-  "coroutine ... was never awaited" warning: pages printed after the error was raised. This
-  drops exactly those reports; every other one goes where it went before. Installed before
-  the first restore (and again if something, like pytest, put the previous hook back).
+
+class _AwaitingEventLoop(asyncio.SelectorEventLoop):
+  """An event loop that, when closed, first lets every task still on it run to its end.
+
+  Orbax runs a restore's reads as tasks on a fresh loop and closes that loop as soon as one
+  read fails. The other reads are then still in flight (in tensorstore's threads): they
+  finished after the error was raised, on a closed loop, and reported their own failures as
+  "Future exception was never retrieved", "Event loop is closed" or "coroutine ... was never
+  awaited", pages printed after the one-line error, or not, depending on timing. Here every
+  pending read is awaited and its outcome collected before the loop goes away, so nothing is
+  left running when the restore's error is raised.
   """
-  warnings.filterwarnings("ignore", category=RuntimeWarning,
-                          message="coroutine '_read_array_index_and_device_put' was never")
-  asyncio_logger = logging.getLogger("asyncio")
-  if not any(isinstance(f, _StrayOrbaxTaskFilter) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_StrayOrbaxTaskFilter())
-  previous = sys.unraisablehook
-  if getattr(previous, "_progae_quiet", False):
-    return
 
-  def hook(unraisable):
-    exc, obj = unraisable.exc_value, unraisable.object
-    code = getattr(obj, "cr_code", None)
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-      return
-    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
-      return
-    previous(unraisable)
+  def close(self):
+    if not self.is_closed() and not self.is_running():
+      while pending := asyncio.all_tasks(self):
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+      self.run_until_complete(self.shutdown_default_executor())
+    super().close()
 
-  hook._progae_quiet = True
-  sys.unraisablehook = hook
+
+class _AwaitingPolicy(asyncio.DefaultEventLoopPolicy):
+
+  def new_event_loop(self):
+    return _AwaitingEventLoop()
+
+
+@contextlib.contextmanager
+def _every_read_awaited():
+  """Orbax's loops, inside this block, await all their reads before closing (see above)."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_AwaitingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 def _rank(metrics: dict) -> float:
@@ -170,6 +184,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 2, asynchronous: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self._saving: int | None = None  # The step of the latest save started.
+    self._failed: str | None = None  # Why a save failed, once reported.
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory")
     policy = policies.AnyPreservationPolicy([
@@ -211,8 +227,8 @@ class Checkpointer:
     """Starts an asynchronous save; returns once the arrays are copied off the devices.
 
     `meta` gets the images seen, the library version, the alpha of the next step (when it
-    holds the run's config and phase index) and the held-out PSNR, if given. `psnr` also
-    ranks the checkpoint for keeping the best one.
+    holds the run's config and phase index), the held-out PSNR, if given, and the CRC-32 of
+    every array (verified on restore). `psnr` also ranks the checkpoint for keeping the best.
     """
     meta = dict(meta, images_seen=images_seen, version=__version__,
                 **_position(meta, images_seen))
@@ -221,17 +237,21 @@ class Checkpointer:
       meta["metrics"] = {"psnr": float(psnr)}
       metrics = {"psnr": float(psnr), "resolution": meta["resolution"]}
     meta["data_iterator"] = data_iterator is not None
+    meta["checksums"] = checksums(state)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(
           _IteratorState(_iterator_state_bytes(data_iterator)))
-    self._manager.save(images_seen, args=ocp.args.Composite(**items), metrics=metrics,
-                       force=True)
+    self._written(lambda: self._manager.save(images_seen, args=ocp.args.Composite(**items),
+                                             metrics=metrics, force=True))
+    self._saving = images_seen
 
   def read_meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      with _every_read_awaited():
+        restored = self._manager.restore(step,
+                                         args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       meta = restored["meta"]
     except Exception as e:  # noqa: BLE001 - Orbax raises many kinds; one clear message.
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable metadata "
@@ -255,7 +275,6 @@ class Checkpointer:
     """
     step = self._resolve(step)
     meta = self.read_meta(step)
-    _quiet_stray_read_errors()
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data = _IteratorState()
     where = f"checkpoint {step} in {self.directory}"
@@ -267,12 +286,14 @@ class Checkpointer:
       raise CheckpointError(f"{where} has lost its data iterator's position (no `data` item): "
                             "it is damaged, and resuming from it would not be exact")
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      with _every_read_awaited():
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
       state = restored["state"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
                             "its arrays do not match its metadata") from None
     _check_restored(state, abstract_state, where)
+    _verify_checksums(state, meta, where)
     if data.state is not None:
       try:
         json.loads(data.state)
@@ -280,6 +301,41 @@ class Checkpointer:
         raise CheckpointError(f"{where}: its data iterator's position is not JSON "
                               f"({_cause(e)}); it is damaged") from None
     return Restored(dict(state), meta, data.state)
+
+  def restore_any(self, step: int | None, mesh, *, with_data: bool = False) -> Restored:
+    """Restores a checkpoint of any stage: the target is built from its own metadata."""
+    step = self._resolve(step)
+    meta = self.read_meta(step)
+    try:
+      config = TrainConfig.from_dict(meta["config"])
+      stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
+      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
+      abstract = train_state.abstract_state(config, stage, optimizer, mesh)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise CheckpointError(
+          f"the metadata of checkpoint {step} in {self.directory} does not "
+          f"describe a progae_jax {__version__} run (written by version "
+          f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
+    return self.restore(step, abstract, with_data=with_data)
+
+  def intact(self, mesh, *, below: int) -> list[int]:
+    """The checkpoints before `below` that restore completely, their checksums verified."""
+    good = []
+    for step in self.steps():
+      if step < below:
+        try:
+          self.restore_any(step, mesh, with_data=True)
+          good.append(step)
+        except CheckpointError:
+          pass
+    return good
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints after `step` (a run resumed from it replaces them)."""
+    later = [s for s in self.steps() if s > step]
+    for s in later:
+      self._manager.delete(s)
+    return later
 
   def _resolve(self, step: int | None) -> int:
     steps = self.steps()
@@ -298,12 +354,41 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every pending asynchronous save is complete."""
-    self._manager.wait_until_finished()
+    self._written(self._manager.wait_until_finished)
 
   def close(self) -> None:
     """Waits for pending saves, then releases Orbax's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # noqa: BLE001 - a failed save was reported once, by wait().
+        if self._failed is None:
+          raise
+
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-process runs: whether JAX's preemption service agreed to stop at `step`."""
+    return self._manager.reached_preemption(step)
+
+  def _written(self, action):
+    """Runs a save or a wait; a write that failed (now or in the background) is one
+    CheckpointError saying which checkpoint was lost and which are intact, reported once."""
+    try:
+      return action()
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds.
+      if self._failed is not None:
+        return None
+      lost = self._saving
+      intact = [s for s in self.steps() if s != lost]
+      what = f"checkpoint {lost}" if lost is not None else "a checkpoint"
+      if _disk_full(e):
+        self._failed = (f"the disk is full: {what} could not be written in {self.directory}; "
+                        f"the earlier checkpoints {intact} are intact")
+      else:
+        self._failed = (f"{what} could not be written in {self.directory} ({_cause(e)}); the "
+                        f"earlier checkpoints {intact} are intact")
+      raise CheckpointError(self._failed) from None
 
 
 def _check_restored(state, abstract_state, where: str) -> None:
@@ -316,6 +401,60 @@ def _check_restored(state, abstract_state, where: str) -> None:
     if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
       raise CheckpointError(f"{where}: {jax.tree_util.keystr(path)} is {a.dtype}{list(a.shape)}"
                             f" but its metadata says {b.dtype}{list(b.shape)}")
+
+
+def leaf_name(path) -> str:
+  """`opt_state/inner_state/0/mu/encoder/block_8/conv1/kernel`: a leaf's path in the state."""
+  parts = []
+  for key in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _host_array(x) -> np.ndarray:
+  """The whole array on this host: a local copy where it is replicated, else gathered (a
+  collective in a multi-process run, where every process saves and restores together)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def checksums(state) -> dict[str, str]:
+  """The CRC-32 of every array's bytes, by `leaf_name`: what a checkpoint's metadata holds.
+
+  Tensorstore reads a chunk whose compressed bytes were altered without noticing, as long as
+  they still decompress: the restore then succeeds with wrong values (an Adam moment off by
+  3e38). These checksums, computed from the arrays themselves at save, catch it on restore.
+  """
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    data = np.ascontiguousarray(_host_array(x)).reshape(-1).view(np.uint8)
+    out[leaf_name(path)] = f"{zlib.crc32(data):08x}"
+  return out
+
+
+def _verify_checksums(state, meta: dict, where: str) -> None:
+  """Each restored array must have the checksum saved with it (checkpoints written before
+  checksums were saved have none to check)."""
+  saved = meta.get("checksums")
+  if saved is None:
+    return
+  got = checksums(state)
+  if not isinstance(saved, dict) or set(saved) != set(got):
+    raise CheckpointError(f"{where}: the checksums in its metadata do not name its arrays; "
+                          "it is damaged")
+  bad = [name for name in got if got[name] != saved[name]]
+  if bad:
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise CheckpointError(
+        f"{where}: array {bad[0]}{more} does not match the checksum saved with it (CRC-32 "
+        f"{got[bad[0]]}, saved {saved[bad[0]]}): its files were altered after the save")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -368,20 +507,7 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   directory, step = locate(path, step)
   manager = Checkpointer(directory, read_only=True, asynchronous=False)
   try:
-    step = manager._resolve(step)
-    meta = manager.read_meta(step)
-    try:
-      config = TrainConfig.from_dict(meta["config"])
-      stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
-      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
-      abstract = train_state.abstract_state(config, stage, optimizer,
-                                            mesh or parallel.make_mesh())
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-      raise CheckpointError(
-          f"the metadata of checkpoint {step} in {directory} does not "
-          f"describe a progae_jax {__version__} run (written by version "
-          f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
-    restored = manager.restore(step, abstract, with_data=False)
+    restored = manager.restore_any(step, mesh or parallel.make_mesh())
     return restored.state, restored.meta
   finally:
     manager.close()

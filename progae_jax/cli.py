@@ -69,7 +69,7 @@ def _train_parser(sub) -> None:
   p.add_argument("--stable-images", type=_non_negative_int,
                  help="images per stable phase, every stage")
   p.add_argument("--learning-rate", type=_rate, help="Adam's learning rate, every stage")
-  p.add_argument("--seed", type=int)
+  p.add_argument("--seed", type=_non_negative_int)
   p.add_argument("--optimizer-on-growth", choices=OPTIMIZER_POLICIES,
                  help="carry Adam's moments of kept weights at growth (default), reset all, "
                       "or reset at growth and again at the fade's end (ProGAN)")
@@ -84,6 +84,9 @@ def _train_parser(sub) -> None:
                  help="ignore (and replace) the work directory's checkpoints")
   p.add_argument("--stop-after-images", type=_positive_int,
                  help="save and stop once this many images are seen (resume later)")
+  p.add_argument("--resume-from-step", type=_non_negative_int, metavar="N",
+                 help="resume from checkpoint N (images seen), an earlier one than the latest "
+                      "(when the latest is damaged); the later checkpoints are replaced")
   p.add_argument("--num-devices", type=_positive_int, help="use only this many local devices")
   p.add_argument("--cpu-devices", type=_non_negative_int,
                  help="on the CPU: host devices to split each batch over (default: one per "
@@ -95,6 +98,10 @@ def _train_parser(sub) -> None:
   p.add_argument("--num-processes", type=_positive_int)
   p.add_argument("--process-id", type=int)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  _watch_flags(p)
+
+
+def _watch_flags(p) -> None:
   w = p.add_argument_group("watching (docs/watching.md)")
   w.add_argument("--no-tensorboard", action="store_true",
                  help="no TensorBoard event files in WORKDIR/tensorboard/")
@@ -201,18 +208,22 @@ def _set_up_cpu(args, config) -> None:
 
 
 def cmd_train(args) -> int:
-  from progae_jax import parallel, train
+  from progae_jax import parallel, preemption, train
   from progae_jax.schedule import phases
 
   config = build_config(args)
   watch = _watch(args, config)
   _set_up_cpu(args, config)
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  workdir = args.workdir or os.path.join("runs", _run_name(args, config))
+  workdir = args.workdir if args.workdir is not None else os.path.join(
+      "runs", _run_name(args, config))
   mesh = parallel.make_mesh(args.num_devices)
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
-                                    stop_after_images=args.stop_after_images, watch=watch)
+                                    stop_after_images=args.stop_after_images,
+                                    resume_from_step=args.resume_from_step, watch=watch)
+  if result.stopped_by:
+    return preemption.EXIT_STATUS[result.stopped_by]
   finished = result.images_seen >= phases(config)[-1].end
   if parallel.is_main_process() and finished and result.final_eval:
     e = result.final_eval
@@ -246,7 +257,7 @@ def _run_name(args, config) -> str:
 
 def cmd_inspect(args) -> int:
   from progae_jax import checkpoint, summary
-  from progae_jax.metrics_log import FILENAME, read_metrics
+  from progae_jax.metrics_log import FILENAME
 
   state, meta = checkpoint.restore(args.path, args.step)
   alpha = f" (alpha {meta['alpha']:.3f})" if "alpha" in meta else ""
@@ -256,8 +267,8 @@ def cmd_inspect(args) -> int:
   directory, _ = checkpoint.locate(args.path)
   workdir = os.path.dirname(directory)
   _print_config(workdir, meta["config"])
-  records = [r for r in read_metrics(os.path.join(workdir, FILENAME))
-             if r["images_seen"] <= meta["images_seen"]]
+  records = [r for r in _metrics_beside(os.path.join(workdir, FILENAME))
+             if r.get("images_seen", 0) <= meta["images_seen"]]
   evals = [r for r in records if r["kind"] == "eval"]
   if evals:
     print("held-out evaluations:")
@@ -287,6 +298,19 @@ def _print_config(workdir: str, saved: dict) -> None:
     print(f"  {key} = {value!r}")
 
 
+def _metrics_beside(path: str) -> list[dict]:
+  """The records `inspect` shows; a metrics file it cannot read is a warning, never an error:
+  the checkpoint is what it inspects."""
+  from progae_jax.metrics_log import read_metrics
+  try:
+    records = read_metrics(path, warn=lambda line: print(f"progae inspect: warning: {line}",
+                                                         file=sys.stderr))
+  except (OSError, ValueError) as e:
+    print(f"progae inspect: warning: metrics not shown: {e}", file=sys.stderr)
+    return []
+  return [r for r in records if r.get("kind") in ("train", "eval")]
+
+
 def cmd_reconstruct(args) -> int:
   import numpy as np
   from progae_jax import checkpoint, data, plots
@@ -311,9 +335,14 @@ def cmd_reconstruct(args) -> int:
                      f"takes {config.model.image_channels}")
   # Mid-fade, the model is shown as it was trained at that moment: at the saved alpha.
   recon, _ = apply(config.model, params, images, meta.get("alpha", 1.0))
-  plots.save_reconstructions(args.out, images, np.asarray(recon),
+  out = args.out
+  if os.path.isdir(out):
+    out = os.path.join(out, f"reconstructions_{meta['images_seen']}.png")
+  elif not os.path.splitext(out)[1]:
+    out += ".png"  # What the PNG writer would name it anyway.
+  plots.save_reconstructions(out, images, np.asarray(recon),
                              title=f"{dataset} at {stage}, {meta['images_seen']:,} images")
-  print(f"wrote {args.out}")
+  print(f"wrote {out}")
   return 0
 
 
@@ -345,7 +374,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("path", help="a work directory or one checkpoint's folder")
   p.add_argument("--dataset", help="images to reconstruct (default: the run's dataset)")
   p.add_argument("--data-dir")
-  p.add_argument("--out", required=True, help="the PNG to write")
+  p.add_argument("--out", required=True,
+                 help="the PNG to write, or a folder to write reconstructions_STEP.png in")
   p.add_argument("--count", type=_positive_int, default=16)
   p.add_argument("--step", type=int)
   p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
@@ -368,6 +398,8 @@ def main(argv=None) -> int:
   from progae_jax.checkpoint import CheckpointError
   from progae_jax.config_files import split_overrides
   from progae_jax.data import DataError
+  from progae_jax.train import NonFiniteLossError
+  from progae_jax.workdir import WorkdirError
   try:
     argv, overrides = split_overrides(argv)
   except ValueError as e:
@@ -380,8 +412,12 @@ def main(argv=None) -> int:
   try:
     return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
             "prepare": cmd_prepare}[args.command](args)
-  except (CheckpointError, DataError, ValueError) as e:
+  except (CheckpointError, DataError, ValueError, WorkdirError, NonFiniteLossError) as e:
     print(f"progae {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # A full disk, a folder that vanished: the file and the reason.
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"progae {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
     return 2
 
 

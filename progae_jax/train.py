@@ -40,7 +40,8 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from progae_jax import checkpoint as ckpt_lib
-from progae_jax import config_files, parallel, writers
+from progae_jax import config_files, parallel, preemption, writers
+from progae_jax import workdir as workdir_lib
 from progae_jax.config import ModelConfig
 from progae_jax.metrics_log import MetricsLog
 from progae_jax.model import Stage, apply, stage_of
@@ -208,6 +209,7 @@ class RunResult:
   curves: str | None
   summary: list[dict]
   state: State
+  stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run.
 
 
 @dataclasses.dataclass
@@ -226,6 +228,8 @@ class _Run:
   progress: bool
   stop_after_images: int | None
   watch: writers.Watch
+  resume_from_step: int | None
+  signals: preemption.StopSignals
   # From `_resume_or_start` on:
   state: State | None = None
   images_seen: int = 0
@@ -239,9 +243,12 @@ class _Run:
   last_eval: dict | None = None
   writers: writers.Writers | None = None
   profiler: StepProfiler | None = None
+  stopped_by: str | None = None  # The signal that stopped the run.
+  steps_run: int = 0  # Steps taken by this process (JAX's preemption sync counts in steps).
 
   def stop_reached(self) -> bool:
-    return self.stop_after_images is not None and self.images_seen >= self.stop_after_images
+    return (self.stopped_by is not None or self.stop_after_images is not None
+            and self.images_seen >= self.stop_after_images)
 
 
 @dataclasses.dataclass
@@ -263,63 +270,97 @@ class _Due:
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = False,
                        mesh=None, progress: bool = True, stop_after_images: int | None = None,
-                       data_module=None, watch: writers.Watch = writers.Watch()) -> RunResult:
-  """Trains through every phase of `config`, resuming from `workdir`'s latest checkpoint.
+                       data_module=None, resume_from_step: int | None = None,
+                       watch: writers.Watch = writers.Watch()) -> RunResult:
+  """Trains through every phase of `config`, resuming from `workdir`'s latest checkpoint
+  (or from `resume_from_step`, an earlier one, whose later checkpoints it then replaces).
 
-  `stop_after_images` ends the run early (after a checkpoint), as a preempted job would.
-  `watch`: TensorBoard (on by default), W&B and profiling (writers.py, profiling.py).
+  `stop_after_images` ends the run early (after a checkpoint), as a preempted job would;
+  SIGTERM and SIGINT do the same after the current step (`RunResult.stopped_by`). The work
+  directory is locked for the whole run (workdir.py); nothing in it changes before every
+  check that can fail has passed. `watch`: TensorBoard (on by default), W&B and profiling
+  (writers.py, profiling.py).
   """
   if data_module is None:
     from progae_jax import data as data_module
-  run = _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images, watch)
+  plan = phases(config)
+  mesh = mesh or parallel.make_mesh()
+  _check_run(config, plan, mesh, data_module, restart, resume_from_step)
+  if watch.wandb:
+    writers.require_wandb()
+  workdir_lib.check(workdir)
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lib.Lock(workdir) if parallel.is_main_process() else None
+  run = None
   try:
-    _resume_or_start(run, restart)
-    while (phase := phase_at(run.plan, run.images_seen)) is not None:
-      if not _train_phase(run, phase):
-        return _stopped(run)
-      if run.stop_reached():
-        break
-    run.profiler.close(run.state)  # A trace still open ends once its steps are done.
+    run = _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_images,
+                  resume_from_step, watch)
+    with run.signals:
+      _resume_or_start(run, restart)
+      if run.images_seen >= plan[-1].end:
+        return _already_finished(run)
+      _start_watching(run)
+      while (phase := phase_at(run.plan, run.images_seen)) is not None:
+        ended = _train_phase(run, phase)
+        if not ended or run.stopped_by and run.images_seen < plan[-1].end:
+          return _stopped(run)
+        if run.stop_reached():
+          break
+      run.profiler.close(run.state)  # A trace still open ends once its steps are done.
+  except BaseException:
+    if created and lock is not None:  # Nothing saved or logged: leave nothing behind.
+      workdir_lib.remove_if_unused(workdir)
+    raise
   finally:
-    if run.bar is not None:
-      run.bar.close()
-    if run.profiler is not None:
-      run.profiler.close()
-    if run.writers is not None:
-      run.writers.close()
-    run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
+    if run is not None:
+      if run.bar is not None:
+        run.bar.close()
+      if run.profiler is not None:
+        run.profiler.close()
+      if run.writers is not None:
+        run.writers.close()
+      run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
+    if lock is not None:
+      lock.release()
   return _finish(run)
 
 
-def _set_up(config, workdir, mesh, data_module, restart, progress, stop_after_images,
-            watch) -> _Run:
-  """Checks the config against the devices and the data, then opens the checkpoints."""
-  plan = phases(config)
-  mesh = mesh or parallel.make_mesh()
+def _check_run(config, plan, mesh, data_module, restart, resume_from_step) -> None:
+  """Everything about the run that can be wrong, checked before the work directory is used."""
+  if restart and resume_from_step is not None:
+    raise ValueError("--restart starts afresh, --resume-from-step resumes: give one of them")
+  if not isinstance(config.seed, int) or config.seed < 0:
+    raise ValueError(f"seed must be a non-negative integer, got {config.seed!r}")
   for p in plan:
     parallel.check_batch_size(p.batch_size, mesh)
-  _check_dataset(config, data_module)
-  if watch.wandb:
-    writers.require_wandb()
-  os.makedirs(workdir, exist_ok=True)
+  _check_dataset(config, plan, data_module)
+
+
+def _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_images,
+            resume_from_step, watch) -> _Run:
+  """Opens the checkpoints (the work directory is checked and locked by now)."""
   main = parallel.is_main_process()
   if main:
     print(f"training on {mesh.devices.size} {jax.devices()[0].platform.upper()} device(s) "
           f"x {jax.process_count()} process(es); each batch is split over them")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  if restart and ckpt.steps() and main:
-    print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
-          f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
-          "and the pictures are overwritten as phases end")
+  signals = preemption.StopSignals(multi_process=jax.process_count() > 1,
+                                   reached_preemption=ckpt.reached_preemption)
   optimizer = make_optimizer(plan[0].learning_rate)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
               make_train_step(config, optimizer, mesh), make_eval_step(config, mesh),
-              ckpt, main, progress, stop_after_images, watch)
+              ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)
 
 
-def _check_dataset(config: TrainConfig, data_module) -> None:
+def _check_dataset(config: TrainConfig, plan: list[Phase], data_module) -> None:
   spec = data_module.dataset_info(config.dataset, data_dir=config.data_dir,
                                   **config.dataset_options)
+  num_train = getattr(spec, "num_train", None)
+  for p in plan:
+    if num_train is not None and p.batch_size > num_train:
+      raise ValueError(f"batch_size {p.batch_size} ({p.name}) is larger than the training "
+                       f"split of {config.dataset!r} ({num_train:,} images)")
   if spec.channels != config.model.image_channels:
     raise ValueError(f"dataset {config.dataset!r} has {spec.channels} channel(s) but the model "
                      f"expects image_channels={config.model.image_channels}")
@@ -330,32 +371,38 @@ def _check_dataset(config: TrainConfig, data_module) -> None:
 
 
 def _resume_or_start(run: _Run, restart: bool) -> None:
-  """The latest checkpoint's state and position (its config must agree with this run's), or
-  a fresh 4x4 state at 0 images; then the held-out images, the clock, the metrics file."""
+  """The checkpoint's state and position (its config must agree with this run's), or a fresh
+  4x4 state at 0 images; then the held-out images, the clock, the metrics file. Old
+  checkpoints and metrics are replaced only once all of it has succeeded."""
   config, ckpt, seconds = run.config, run.ckpt, 0.0
-  if ckpt.steps() and not restart:
-    meta = ckpt.read_meta()
-    diffs = ckpt_lib.config_differences(meta["config"], config.to_dict())
-    if diffs:
-      raise ckpt_lib.CheckpointError(
-          f"the checkpoint in {ckpt.directory} contradicts this run's config:\n  " +
-          "\n  ".join(diffs) + "\n(use another --workdir, or --restart to start afresh)")
-    stage = Stage(meta["resolution"], meta["phase"] == "fade")
-    restored = ckpt.restore(None, abstract_state(config, stage, run.optimizer, run.mesh))
+  if run.resume_from_step is not None and not ckpt.steps():
+    raise ckpt_lib.CheckpointError(f"--resume-from-step {run.resume_from_step}: there is no "
+                                   f"checkpoint in {ckpt.directory}")
+  resuming = bool(ckpt.steps()) and not restart
+  if resuming:
+    restored = _restore_for_resume(run)
     run.state, run.images_seen = restored.state, restored.meta["images_seen"]
     if restored.data_state is not None:
       run.resume_data = (restored.meta["phase_index"], restored.data_state)
     seconds = restored.meta.get("train_seconds", 0.0)
-    if run.main:
-      print(f"resuming {run.workdir} at {run.images_seen:,} images ({stage})")
   else:
-    ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
     run.state = init_state(config, run.optimizer, run.mesh)
-  run.log = MetricsLog(run.workdir, run.images_seen or None)
-  _start_watching(run)
   run.held_out = run.data.eval_images(
       config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
       data_dir=config.data_dir, **config.dataset_options)
+  if resuming:
+    replaced = ckpt.delete_after(run.images_seen)
+    if run.main:
+      stage = stage_of(run.state["params"])
+      also = f"; the later checkpoints {replaced} are replaced" if replaced else ""
+      print(f"resuming {run.workdir} at {run.images_seen:,} images ({stage}){also}")
+  else:
+    if ckpt.steps() and run.main:
+      print(f"--restart: deleting the checkpoints {ckpt.steps()} (images seen) in "
+            f"{ckpt.directory} and starting afresh from 0 images; metrics.jsonl starts anew "
+            "and the pictures are overwritten as phases end")
+    ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
+  run.log = MetricsLog(run.workdir, run.images_seen or None)
   run.clock = _TrainClock(seconds)
   run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
 
@@ -373,6 +420,48 @@ def _start_watching(run: _Run) -> None:
                               enabled=run.main)
   if run.main and watch.tensorboard and run.progress:
     print(writers.tensorboard_hint(run.workdir))
+
+
+def _restore_for_resume(run: _Run) -> ckpt_lib.Restored:
+  """The latest checkpoint (or `resume_from_step`), checked against the run's config. A
+  damaged one is refused with the intact earlier ones named, to resume from instead."""
+  ckpt, step = run.ckpt, run.resume_from_step
+  step = ckpt.steps()[-1] if step is None else step
+  try:
+    meta = ckpt.read_meta(step)
+  except ckpt_lib.CheckpointError as e:
+    raise _with_intact(run, e, step) from None
+  diffs = ckpt_lib.config_differences(meta["config"], run.config.to_dict())
+  if diffs:
+    raise ckpt_lib.CheckpointError(
+        f"the checkpoint in {ckpt.directory} contradicts this run's config:\n  " +
+        "\n  ".join(diffs) + "\n(use another --workdir, or --restart to start afresh)")
+  stage = Stage(meta["resolution"], meta["phase"] == "fade")
+  try:
+    return ckpt.restore(step, abstract_state(run.config, stage, run.optimizer, run.mesh))
+  except ckpt_lib.CheckpointError as e:
+    raise _with_intact(run, e, step) from None
+
+
+def _with_intact(run: _Run, error: ckpt_lib.CheckpointError, step: int):
+  if step not in run.ckpt.steps():  # Not damaged: not there (a --resume-from-step typo).
+    return error
+  intact = run.ckpt.intact(run.mesh, below=step)
+  if intact:
+    return ckpt_lib.CheckpointError(
+        f"{error}; the earlier checkpoints {intact} are intact: resume from one with "
+        f"--resume-from-step N (the latest: --resume-from-step {intact[-1]}), or start "
+        "afresh with --restart")
+  return ckpt_lib.CheckpointError(f"{error}; no earlier checkpoint is intact: start afresh "
+                                  "with --restart")
+
+
+def _already_finished(run: _Run) -> RunResult:
+  if run.main:
+    print(f"{run.workdir} is already finished: {run.images_seen:,} images, the end of its "
+          "schedule; nothing to train. To train it again use --restart; to train longer, "
+          "another --workdir with a longer schedule")
+  return RunResult(run.images_seen, None, [], None, [], run.state)
 
 
 def _phase_batches(run: _Run, phase: Phase) -> Iterator:
@@ -410,6 +499,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
     window.pending.append((before, alpha, metrics))
     window.images += phase.batch_size
     run.images_seen += phase.batch_size
+    run.steps_run += 1
     run.bar.update(phase.batch_size)
     due = _due(run, phase, before, len(window.pending))
     if due.log:
@@ -428,6 +518,7 @@ def _due(run: _Run, phase: Phase, before: int, window_steps: int) -> _Due:
   """After the step from `before` to `run.images_seen` images: what is due now. Evaluations
   and checkpoints fall where their period is crossed; `_end_phase` does both at a phase's end."""
   config, after = run.config, run.images_seen
+  run.stopped_by = run.stopped_by or run.signals.requested(run.steps_run)
   crossed = lambda every: after // every > before // every
   at_end = after >= phase.end
   evaluate = crossed(config.eval_every_images)
@@ -490,13 +581,15 @@ def _end_phase(run: _Run, phase: Phase, iterator, last_train: dict | None, t0: f
 
 
 def _stopped(run: _Run) -> RunResult:
-  """A run stopped inside a phase, its checkpoint written once the Checkpointer closes."""
+  """A run stopped (by --stop-after-images or a signal), its last checkpoint written."""
   run.bar.close()
   run.ckpt.close()
   if run.main:
-    print(f"stopped at {run.images_seen:,} images, checkpoint saved in {run.ckpt.directory}; "
-          "run the same command again to resume")
-  return RunResult(run.images_seen, run.last_eval, run.pictures, None, run.summary, run.state)
+    why = f"stopped by {run.stopped_by}" if run.stopped_by else "stopped"
+    print(f"{why} at {run.images_seen:,} images, checkpoint saved in {run.ckpt.directory}; "
+          "run the same command again to resume", flush=True)
+  return RunResult(run.images_seen, run.last_eval, run.pictures, None, run.summary, run.state,
+                   run.stopped_by)
 
 
 def _finish(run: _Run) -> RunResult:

@@ -44,9 +44,10 @@ CONFIG = tiny_run(
     eval_every_images=128, log_every_steps=3, checkpoint_every_images=64)
 
 # Runs `progae` with Orbax's last act of one save (the rename that makes the checkpoint) held
-# back: forever (the test then kills it mid-save, every time) or for a few seconds.
+# back: forever (the test then kills it mid-save, every time), for a few seconds, or until a
+# file MARKER.release appears.
 HANG_DRIVER = '''
-import asyncio, os, sys
+import asyncio, os, sys, time
 from orbax.checkpoint._src.path import async_path
 
 HANG_AT, MARKER = os.environ["PROGAE_HANG_AT"], os.environ["PROGAE_HANG_MARKER"]
@@ -57,10 +58,41 @@ async def rename(src, dst, *args, **kwargs):
   if os.path.basename(str(dst)) == HANG_AT and ".orbax-checkpoint-tmp" in str(src):
     with open(MARKER, "w") as f:
       f.write(str(src))
-    await asyncio.sleep(SECONDS)
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline and not os.path.exists(MARKER + ".release"):
+      await asyncio.sleep(0.02)
   return await _rename(src, dst, *args, **kwargs)
 
 async_path.rename = rename
+from progae_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+# Runs `progae` with every array read but the first held in flight (in a thread, as a busy
+# machine holds tensorstore's reads) when the first one fails, and says at exit how many of
+# them never ended: a process that leaves reads behind could print their failures, or not.
+SLOW_READS_DRIVER = '''
+import asyncio, atexit, os, sys, time
+from orbax.checkpoint._src.serialization import serialization
+
+DELAY = float(os.environ["PROGAE_SLOW_READS"])
+_deserialize, started, ended = serialization.async_deserialize, [], []
+
+async def slow_after_first(*args, **kwargs):
+  started.append(None)
+  try:
+    if len(started) > 1:
+      await asyncio.to_thread(time.sleep, DELAY)
+    return await _deserialize(*args, **kwargs)
+  finally:
+    ended.append(None)
+
+@atexit.register
+def report():
+  if len(ended) != len(started):
+    print(f"{len(started) - len(ended)} of {len(started)} reads never ended", file=sys.stderr)
+
+serialization.async_deserialize = slow_after_first
 from progae_jax import cli
 sys.exit(cli.main(sys.argv[1:]))
 '''
@@ -81,6 +113,9 @@ class Runner:
     self.driver = os.path.join(base, "hang_driver.py")
     with open(self.driver, "w") as f:
       f.write(HANG_DRIVER)
+    self.slow_reads_driver = os.path.join(base, "slow_reads_driver.py")
+    with open(self.slow_reads_driver, "w") as f:
+      f.write(SLOW_READS_DRIVER)
     self.env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir,
                     JAX_COMPILATION_CACHE_DIR=os.path.join(base, "xla_cache"),
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -89,11 +124,29 @@ class Runner:
     return ["train", "--preset", "digits", "--config", self.config, "--data-dir",
             self.data_dir, "--workdir", workdir, "--quiet", *extra]
 
-  def train(self, workdir, *extra, expect=0, **env):
-    proc = subprocess.run([sys.executable, "-m", "progae_jax", *self.argv(workdir, *extra)],
+  def driver_for(self, directory, source):
+    path = os.path.join(str(directory), "driver.py")
+    with open(path, "w") as f:
+      f.write(source)
+    return path
+
+  def train(self, workdir, *extra, expect=0, program=None, **env):
+    program = program or ["-m", "progae_jax"]
+    proc = subprocess.run([sys.executable, *program, *self.argv(workdir, *extra)],
                           capture_output=True, text=True, timeout=300,
                           env=dict(self.env, **env))
     assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+  def start(self, workdir, *extra):
+    """Starts a run in the background; its stdout and stderr go to files (`proc.out`,
+    `proc.err`), never to a pipe that could fill and stall it."""
+    out, err = (os.path.join(self.base, f"{os.path.basename(workdir)}.{k}") for k in ("out",
+                                                                                     "err"))
+    with open(out, "w") as o, open(err, "w") as e:
+      proc = subprocess.Popen([sys.executable, "-m", "progae_jax", *self.argv(workdir, *extra)],
+                              stdout=o, stderr=e, env=self.env)
+    proc.out, proc.err = out, err
     return proc
 
   def hanging(self, workdir, hang_at, *extra, seconds=None):
@@ -466,19 +519,51 @@ def test_a_damaged_checkpoint_gives_a_clear_error(damage, runner, reference, tmp
   assert "progae train: error:" in err and expected in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("damage", ["array files deleted", "meta contradicts arrays"])
-def test_a_damaged_checkpoint_prints_no_traceback_in_a_real_process(damage, runner, reference,
-                                                                   tmp_path):
-  """Orbax's other reads fail after the first one, in threads: none of it may reach the user."""
+@pytest.mark.parametrize("damage, slow_reads", [("array files deleted", None),
+                                                ("array files deleted", 0.005),
+                                                ("array files deleted", 0.3),
+                                                ("meta contradicts arrays", None)])
+def test_a_damaged_checkpoint_prints_no_traceback_in_a_real_process(damage, slow_reads, runner,
+                                                                   reference, tmp_path):
+  """Orbax's other reads fail after the first one, in threads: none of it may reach the user.
+
+  With `slow_reads`, every read but the first is still in flight when the first one fails
+  (5 ms: ending around the moment the restore gives up; 0.3 s: long after), as on a busy
+  machine; the process must have awaited every one of them before it exits.
+  """
   workdir = str(tmp_path / "w")
-  shutil.copytree(reference, workdir)
+  shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("448"))
   _damage(damage)(os.path.join(workdir, "checkpoints", "512"))
-  proc = subprocess.run([sys.executable, "-m", "progae_jax", "inspect", workdir],
-                        capture_output=True, text=True, timeout=120, env=runner.env)
+  program = ["-m", "progae_jax"] if slow_reads is None else [runner.slow_reads_driver]
+  env = dict(runner.env, PROGAE_SLOW_READS=str(slow_reads))
+  proc = subprocess.run([sys.executable, *program, "inspect", workdir],
+                        capture_output=True, text=True, timeout=120, env=env)
   assert proc.returncode == 2
-  assert "progae inspect: error: checkpoint 512" in proc.stderr
-  for noise in ("Traceback", "Exception ignored", "never retrieved", "never awaited"):
-    assert noise not in proc.stderr, proc.stderr
+  assert proc.stderr.startswith("progae inspect: error: checkpoint 512"), proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # Nothing after the error.
+
+
+def test_a_failed_restore_leaves_no_read_running(reference, tmp_path, monkeypatch):
+  """The error is raised only once every read Orbax started has ended."""
+  from orbax.checkpoint._src.serialization import serialization
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("448"))
+  _damage("array files deleted")(os.path.join(workdir, "checkpoints", "512"))
+  deserialize, started, ended = serialization.async_deserialize, [], []
+
+  async def slow_after_first(*args, **kwargs):
+    started.append(None)
+    try:
+      if len(started) > 1:  # Still reading, in a thread, when the first read fails.
+        await asyncio.to_thread(time.sleep, 0.2)
+      return await deserialize(*args, **kwargs)
+    finally:
+      ended.append(None)
+
+  monkeypatch.setattr(serialization, "async_deserialize", slow_after_first)
+  with pytest.raises(CheckpointError, match="could not be restored"):
+    checkpoint.restore(workdir)
+  assert len(started) > 1 and len(ended) == len(started)
 
 
 @pytest.mark.parametrize("where, step, message", [
@@ -541,3 +626,274 @@ def test_reconstruct_writes_a_grid_of_originals_and_reconstructions(reference,
     assert f"wrote {out}" in capsys.readouterr().out
     image = matplotlib.image.imread(out)
     assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 100
+  folder = tmp_path / "pictures"  # --out an existing folder: a file in it, named by its step.
+  folder.mkdir()
+  assert cli.main(["reconstruct", reference, "--data-dir", data_dir, "--out", str(folder)]) == 0
+  written = str(folder / "reconstructions_512.png")
+  assert f"wrote {written}" in capsys.readouterr().out and os.listdir(folder) == [
+      "reconstructions_512.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per work directory, stopping on signals, failures in one line
+
+
+def _one_line_error(proc, command="train"):
+  """A refusal: status 2, one line on stderr, no traceback."""
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"progae {command}: error:"), proc.stderr
+  return lines[0]
+
+
+def _images_logged(workdir):
+  try:
+    return max(r["images_seen"] for r in _records(workdir))
+  except (OSError, ValueError):
+    return 0
+
+
+def test_a_second_run_in_a_workdir_is_refused_and_the_first_finishes_unmixed(runner,
+                                                                           reference):
+  workdir = os.path.join(runner.base, "locked")
+  first, marker = runner.hanging(workdir, 128, "--stop-after-images", "192", seconds=300)
+  try:
+    _wait_for(marker, first)  # The first run is writing checkpoint 128 right now.
+    second = runner.train(workdir, "--seed", "7", expect=2)
+    line = _one_line_error(second)
+    assert f"{workdir} is in use by process {first.pid}" in line
+    with open(marker + ".release", "w"):
+      pass
+    assert first.wait(timeout=300) == 0, _read(first.log)[-3000:]
+  finally:
+    if first.poll() is None:
+      first.kill()
+  # The refused run touched nothing: not the save in flight, not the metrics.
+  assert _steps(workdir) == [128, 192]
+  assert _records(workdir) == [r for r in _records(reference) if r["images_seen"] <= 192]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_fade_saves_where_it_stopped_and_the_resume_is_bit_identical(
+    sig, runner, reference):
+  """The signal lands at a random moment of the fade; a torn metrics line (a kill mid-write)
+  is left for the resume to drop."""
+  workdir = os.path.join(runner.base, f"signalled_{sig.name}")
+  moment = int(np.random.default_rng().integers(130, 250))
+  proc = runner.start(workdir)
+  try:
+    deadline = time.monotonic() + 240
+    while _images_logged(workdir) < moment:
+      assert proc.poll() is None and time.monotonic() < deadline, _read(proc.err)[-3000:]
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig, _read(proc.err)[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  out, err = _read(proc.out), _read(proc.err)
+  stopped = int(out.split(f"stopped by {sig.name} at ")[1].split(" images")[0])
+  assert "Traceback" not in err and 128 < stopped < 384, (moment, out, err)
+  assert max(_steps(workdir)) == stopped  # A checkpoint at the step it stopped at.
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"kind": "train", "step": 99, "ima')
+  resumed = runner.train(workdir)
+  assert f"at {stopped} images (8x8 fade)" in resumed.stdout
+  assert "dropping its last line" in resumed.stderr
+  assert_bit_identical(checkpoint.restore(reference)[0], checkpoint.restore(workdir)[0])
+  assert _records(workdir) == _records(reference)
+
+
+def test_a_second_ctrl_c_stops_at_once(runner, tmp_path):
+  workdir = str(tmp_path / "w")
+  proc = runner.start(workdir)
+  try:
+    deadline = time.monotonic() + 240
+    while _images_logged(workdir) < 32:
+      assert proc.poll() is None and time.monotonic() < deadline, _read(proc.err)[-3000:]
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    while "SIGINT: saving a checkpoint" not in _read(proc.err):
+      assert proc.poll() is None, _read(proc.err)[-3000:]
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == -signal.SIGINT  # Killed by it, without saving.
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
+def test_restart_with_a_bad_flag_changes_nothing(runner, reference, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  before = _read(os.path.join(workdir, "metrics.jsonl"))
+  proc = runner.train(workdir, "--restart", "--batch-size", "2048", expect=2)
+  assert "batch_size 2048" in _one_line_error(proc) and "deleting" not in proc.stdout
+  assert _steps(workdir) == [448, 512]
+  assert _read(os.path.join(workdir, "metrics.jsonl")) == before
+
+
+def test_a_damaged_latest_checkpoint_names_the_intact_ones_and_resume_from_one_works(
+    runner, reference, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  _damage("array files scrambled")(os.path.join(workdir, "checkpoints", "512"))
+  line = _one_line_error(runner.train(workdir, expect=2))
+  assert "checkpoint 512" in line and "the earlier checkpoints [448] are intact" in line
+  assert "--resume-from-step 448" in line
+  resumed = runner.train(workdir, "--resume-from-step", "448")
+  assert "at 448 images (8x8 stable); the later checkpoints [512] are replaced" in resumed.stdout
+  assert_bit_identical(checkpoint.restore(reference)[0], checkpoint.restore(workdir)[0])
+  assert _records(workdir) == _records(reference)
+
+
+def _alter_one_array(checkpoint_dir, name):
+  """Rewrites one saved array through tensorstore (a valid file, other values): what bytes
+  altered inside a compressed chunk that still decompresses look like to a reader."""
+  import tensorstore as ts
+  store = ts.open({"driver": "zarr", "kvstore": {
+      "driver": "ocdbt", "base": "file://" + os.path.join(checkpoint_dir, "state") + "/",
+      "path": name}}).result()
+  values = store.read().result()
+  values.flat[5] = 3e38
+  store.write(values).result()
+
+
+def test_an_altered_array_is_refused_naming_the_leaf(reference, tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("448"))
+  _alter_one_array(os.path.join(workdir, "checkpoints", "512"),
+                   "opt_state.inner_state.0.mu.encoder.to_latent.kernel")
+  with pytest.raises(CheckpointError, match=r"checkpoint 512 .*: array "
+                     r"opt_state/inner_state/0/mu/encoder/to_latent/kernel does not match "
+                     r"the checksum saved with it"):
+    checkpoint.restore(workdir)
+  assert cli.main(["inspect", workdir]) == 2
+  assert "does not match the checksum" in capsys.readouterr().err
+
+
+def test_flipped_bytes_in_an_array_file_never_restore_silently(reference, tmp_path):
+  """100 bytes flipped at a few places in the largest array file: each copy is refused
+  (by tensorstore when the chunk no longer decompresses, by the checksums when it does)."""
+  files = os.path.join(reference, "checkpoints", "512", "state", "ocdbt.process_0", "d")
+  largest = max(os.listdir(files), key=lambda n: os.path.getsize(os.path.join(files, n)))
+  refused_by = []
+  for where in (0.25, 0.5, 0.75):
+    workdir = str(tmp_path / f"w{where}")
+    shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("448"))
+    path = os.path.join(workdir, "checkpoints", "512", "state", "ocdbt.process_0", "d", largest)
+    with open(path, "r+b") as f:
+      data = bytearray(f.read())
+      start = int(len(data) * where)
+      data[start:start + 100] = bytes(b ^ 0xFF for b in data[start:start + 100])
+      f.seek(0)
+      f.write(data)
+    with pytest.raises(CheckpointError) as e:
+      checkpoint.restore(workdir)
+    refused_by.append("checksum" if "checksum" in str(e.value) else "reader")
+  assert "checksum" in refused_by, refused_by  # At least one flip decompressed fine.
+
+
+def test_resuming_a_finished_run_says_it_is_finished(runner, reference, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  proc = runner.train(workdir)
+  assert "is already finished: 512 images" in proc.stdout and "--restart" in proc.stdout
+  assert _steps(workdir) == [448, 512]
+
+
+DISK_FULL_DRIVER = """
+import errno, os, sys
+from orbax.checkpoint._src.path import async_path
+_rename = async_path.rename
+
+async def rename(src, dst, *args, **kwargs):
+  if os.path.basename(str(dst)) == os.environ["PROGAE_FULL_AT"] and "tmp" in str(src):
+    raise OSError(errno.ENOSPC, "No space left on device", str(src))
+  return await _rename(src, dst, *args, **kwargs)
+
+async_path.rename = rename
+from progae_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_during_a_save_is_one_line(runner, tmp_path):
+  workdir = str(tmp_path / "w")
+  proc = runner.train(workdir, expect=2, program=[runner.driver_for(tmp_path, DISK_FULL_DRIVER)],
+                      PROGAE_FULL_AT="128")
+  line = _one_line_error(proc)
+  assert "the disk is full: checkpoint 128 could not be written" in line
+  assert "the earlier checkpoints [64] are intact" in line
+  assert _steps(workdir) == [64]
+
+
+NAN_DRIVER = """
+import sys
+import numpy as np
+from progae_jax import cli, data
+
+_batches = data.batches
+
+class Poisoned:
+  def __init__(self, inner):
+    self.inner = inner
+  def __next__(self):
+    return next(self.inner) * np.float32("nan")
+  def __getattr__(self, name):
+    return getattr(self.inner, name)
+
+data.batches = lambda *a, **k: Poisoned(_batches(*a, **k))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("case", ["workdir is a file", "workdir empty", "workdir read-only",
+                                  "non-finite loss", "resume from a missing step"])
+def test_failures_are_one_line(case, runner, reference, tmp_path):
+  extra, workdir, program = [], str(tmp_path / "w"), None
+  if case == "workdir is a file":
+    workdir = os.path.join(reference, "curves.png")
+  elif case == "workdir empty":
+    workdir = ""
+  elif case == "workdir read-only":
+    os.makedirs(workdir)
+    os.chmod(workdir, 0o555)
+    if os.geteuid() == 0:  # Root writes through permissions: a read-only mount it is.
+      subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", workdir], check=True)
+  elif case == "non-finite loss":  # Every image NaN from the first batch on.
+    program = [runner.driver_for(tmp_path, NAN_DRIVER)]
+  elif case == "resume from a missing step":
+    extra = ["--resume-from-step", "64"]
+  try:
+    line = _one_line_error(runner.train(workdir, *extra, expect=2, program=program))
+  finally:
+    if case == "workdir read-only" and os.geteuid() == 0:
+      subprocess.run(["umount", workdir], check=True)
+  expected = {"workdir is a file": "is a file, not a folder",
+              "workdir empty": "--workdir is empty",
+              "workdir read-only": "cannot write to the work directory",
+              "non-finite loss": "non-finite loss",
+              "resume from a missing step": "--resume-from-step 64: there is no checkpoint"}
+  assert expected[case] in line
+  if case == "resume from a missing step":  # Failed before its first step: nothing left.
+    assert not os.path.exists(workdir)
+
+
+def test_a_negative_seed_is_refused_before_the_workdir_exists(runner, tmp_path):
+  workdir = str(tmp_path / "w")
+  proc = runner.train(workdir, "--seed", "-5", expect=2)
+  assert "--seed: '-5' must be at least 0" in proc.stderr and "Traceback" not in proc.stderr
+  assert not os.path.exists(workdir)
+
+
+def test_inspect_shows_a_checkpoint_whatever_its_metrics_file_holds(reference, tmp_path,
+                                                                   capsys):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write("not json\n" + json.dumps({"kind": "eval"}) + "\n")
+  assert cli.main(["inspect", workdir]) == 0
+  captured = capsys.readouterr()
+  assert "checkpoint: 512 images seen" in captured.out and "parameters:" in captured.out
+  assert "metrics not shown" in captured.err and "metrics.jsonl:" in captured.err

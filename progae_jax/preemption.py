@@ -1,0 +1,63 @@
+"""Stopping on a signal: SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) ends a run
+after its current step, with a checkpoint at that step.
+
+    signal -> flag set -> the step ends -> checkpoint at that step -> one line -> exit 143/130
+    a second signal    -> the operating system's default: the process ends at once; the
+                          last complete checkpoint is intact (a save cut short is never one)
+
+The exit status is the shell's for a death by that signal (128 + its number): a scheduler
+or script sees the run ended because of the signal, and the run resumes with the same command.
+
+In a multi-process run every process must save at the same step, or their collectives
+would wait for each other forever. There JAX's preemption service (started by
+`jax.distributed.initialize`) catches SIGTERM in each process and agrees on a step, and
+Orbax's `CheckpointManager.reached_preemption(step)` reports it; SIGINT keeps Python's
+default (KeyboardInterrupt), since one process cannot stop the others by itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Callable
+
+EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
+class StopSignals:
+  """While open, records SIGTERM and SIGINT instead of dying of them (the first one)."""
+
+  def __init__(self, *, multi_process: bool = False,
+               reached_preemption: Callable[[int], bool] | None = None):
+    self._multi = multi_process
+    self._reached = reached_preemption
+    self._received: str | None = None
+    self._previous: dict[int, object] = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread() and not self._multi:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    self._received = signal.Signals(signum).name
+    for sig in self._previous:  # A second signal is not caught: it ends the process at once.
+      signal.signal(sig, signal.SIG_DFL)
+    print(f"progae train: {self._received}: saving a checkpoint after this step, then "
+          "stopping (a second signal stops at once, without saving)", file=sys.stderr,
+          flush=True)
+
+  def requested(self, step: int) -> str | None:
+    """The signal to stop for after `step` (the count of steps this process has taken: JAX's
+    sync point is the step after the highest any process had reached), or None. Called once
+    per step, on every process."""
+    if self._multi and self._reached is not None and self._reached(step):
+      return "SIGTERM"
+    return self._received
