@@ -137,6 +137,8 @@ def inline_commands() -> list[Command]:
   found = []
   for page in PAGES:
     for code in inline(page, "code_inline"):
+      if re.match(r"progae \w+: (error|warning):", code.content):  # What it prints, quoted.
+        continue
       command = as_command(page, 0, code.content)
       if command:
         found.append(command)
