@@ -292,38 +292,46 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.Lock(workdir) if parallel.is_main_process() else None
-  run = None
+  run, failed = None, True
   try:
     run = _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_images,
                   resume_from_step, watch)
     with run.signals:
       _resume_or_start(run, restart)
       if run.images_seen >= plan[-1].end:
+        failed = False
         return _already_finished(run)
       _start_watching(run)
       while (phase := phase_at(run.plan, run.images_seen)) is not None:
         ended = _train_phase(run, phase)
         if not ended or run.stopped_by and run.images_seen < plan[-1].end:
+          failed = False
           return _stopped(run)
         if run.stop_reached():
           break
       run.profiler.close(run.state)  # A trace still open ends once its steps are done.
-  except BaseException:
-    if created and lock is not None:  # Nothing saved or logged: leave nothing behind.
-      workdir_lib.remove_if_unused(workdir)
-    raise
+    failed = False
   finally:
-    if run is not None:
-      if run.bar is not None:
-        run.bar.close()
-      if run.profiler is not None:
-        run.profiler.close()
-      if run.writers is not None:
-        run.writers.close()
-      run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
+    _close(run)
+    # Orbax's threads are done with the folder by now: a run that failed with nothing saved
+    # or logged leaves nothing behind.
+    if failed and created and lock is not None:
+      workdir_lib.remove_if_unused(workdir)
     if lock is not None:
       lock.release()
   return _finish(run)
+
+
+def _close(run: _Run | None) -> None:
+  if run is None:
+    return
+  if run.bar is not None:
+    run.bar.close()
+  if run.profiler is not None:
+    run.profiler.close()
+  if run.writers is not None:
+    run.writers.close()
+  run.ckpt.close()  # Waits for pending saves: nothing half-written is left by a clean exit.
 
 
 def _check_run(config, plan, mesh, data_module, restart, resume_from_step) -> None:
