@@ -290,6 +290,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
     writers.require_wandb()
   workdir_lib.check(workdir)
   created = not os.path.exists(workdir)
+  if created and resume_from_step is not None:  # Said before Orbax starts on a new folder.
+    raise ckpt_lib.CheckpointError(
+        f"--resume-from-step {resume_from_step}: there is no checkpoint in "
+        f"{os.path.join(os.path.abspath(workdir), 'checkpoints')}")
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.Lock(workdir) if parallel.is_main_process() else None
   run, failed = None, True
