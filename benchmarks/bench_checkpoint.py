@@ -33,7 +33,7 @@ import types
 import grain
 import jax
 
-from progae_jax import checkpoint, cli, count_params, data, parallel, stage_of, train_state
+from progae_jax import checkpoint, cli, count_params, data, optim, parallel, stage_of, train_state
 from progae_jax.schedule import phases
 
 
@@ -62,7 +62,7 @@ def bench(repeats: int, directory: str) -> dict:
   config = main_job_config()
   mesh = parallel.make_mesh()
   plan = phases(config)
-  optimizer = train_state.make_optimizer(plan[0].learning_rate)
+  optimizer = optim.make_optimizer(plan[0].learning_rate)
   iterator = iter(grain.MapDataset.range(1000).batch(10).to_iter_dataset())
   next(iterator)
   state = train_state.init_state(config, optimizer, mesh)

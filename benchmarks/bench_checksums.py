@@ -20,7 +20,7 @@ import time
 
 import jax
 
-from progae_jax import checkpoint, parallel, train_state
+from progae_jax import checkpoint, optim, parallel, train_state
 from progae_jax.schedule import phases
 
 from bench_checkpoint import main_job_config
@@ -28,7 +28,7 @@ from bench_checkpoint import main_job_config
 
 def _state(config, mesh):
   plan = phases(config)
-  optimizer = train_state.make_optimizer(plan[0].learning_rate)
+  optimizer = optim.make_optimizer(plan[0].learning_rate)
   state = train_state.init_state(config, optimizer, mesh)
   state = train_state.move_to_phase(state, plan[-1], config, optimizer, mesh)
   return jax.block_until_ready(state), train_state.checkpoint_meta(config, state, plan[-1])

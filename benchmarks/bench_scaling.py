@@ -42,7 +42,7 @@ def worker(args) -> None:
   import jax
   import numpy as np
 
-  from progae_jax import parallel, train, train_state
+  from progae_jax import optim, parallel, train, train_state
   from progae_jax.config import ModelConfig
   from progae_jax.model import Stage
   from progae_jax.schedule import TrainConfig
@@ -52,7 +52,7 @@ def worker(args) -> None:
   config = TrainConfig(model=model, compute_dtype=args.dtype)
   mesh = parallel.make_mesh(args.devices)
   parallel.check_batch_size(args.batch, mesh)
-  optimizer = train_state.make_optimizer()
+  optimizer = optim.make_optimizer()
   target = Stage(args.resolution, args.phase == "fade")
   state = train_state.grow_to(train_state.init_state(config, optimizer, mesh), target, config,
                               optimizer, mesh)

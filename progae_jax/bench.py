@@ -85,12 +85,12 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   import jax.numpy as jnp
   import numpy as np
 
-  from progae_jax import parallel, train, train_state
+  from progae_jax import optim, parallel, train, train_state
   from progae_jax.schedule import TrainConfig
 
   config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed,
                        ema_decay=ema_decay)
-  optimizer = train_state.make_optimizer()
+  optimizer = optim.optimizer_for(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(batch, mesh)
   state = _state_at(config, resolution, fading, optimizer, mesh)

@@ -36,7 +36,7 @@ from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from progae_jax import parallel, train_state
+from progae_jax import optim, parallel, train_state
 from progae_jax.model import Stage
 from progae_jax.schedule import TrainConfig, alpha_at, phases
 from progae_jax.version import __version__
@@ -44,6 +44,9 @@ from progae_jax.version import __version__
 ITEMS = ("state", "meta", "data")
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# Config fields added since the first release, with the value that a checkpoint whose config
+# lacks them was trained with.
+_BEFORE_ADDED_FIELDS = {"bias_correction": "shared", "model.equalized_lr": False}
 
 
 class CheckpointError(RuntimeError):
@@ -307,9 +310,9 @@ class Checkpointer:
     step = self._resolve(step)
     meta = self.read_meta(step)
     try:
-      config = TrainConfig.from_dict(meta["config"])
+      config = TrainConfig.from_dict(_with_added_fields(meta["config"]))
       stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
-      optimizer = train_state.make_optimizer(config.stage(stage.resolution).learning_rate)
+      optimizer = optim.optimizer_for(config)
       abstract = train_state.abstract_state(config, stage, optimizer, mesh)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise CheckpointError(
@@ -457,14 +460,21 @@ def _verify_checksums(state, meta: dict, where: str) -> None:
         f"{got[bad[0]]}, saved {saved[bad[0]]}): its files were altered after the save")
 
 
+def _with_added_fields(saved: dict) -> dict:
+  """A checkpoint's config with the fields added since it was written (_BEFORE_ADDED_FIELDS)."""
+  top = {k: v for k, v in _BEFORE_ADDED_FIELDS.items() if "." not in k}
+  return {**top, **saved}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields where the checkpoint's config and the run's disagree on what the weights mean."""
   if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
     raise CheckpointError(
         f"the checkpoint's config is not a progae_jax TrainConfig: {str(saved)[:200]}")
   out = []
-  for field in ("image_channels", "channels", "latent_dim", "leaky_slope"):
-    a, b = saved["model"].get(field), current["model"].get(field)
+  for field in ("image_channels", "channels", "latent_dim", "leaky_slope", "equalized_lr"):
+    a = saved["model"].get(field, _BEFORE_ADDED_FIELDS.get(f"model.{field}"))
+    b = current["model"].get(field)
     if field == "channels":  # Only resolutions both can reach must agree.
       common = set(a) & set(b)
       a, b = {r: a[r] for r in sorted(common, key=int)}, {r: b[r] for r in sorted(common, key=int)}
@@ -472,6 +482,15 @@ def config_differences(saved: dict, current: dict) -> list[str]:
       out.append(f"model.{field}: checkpoint {a!r}, this run {b!r}")
   if saved.get("dataset") != current.get("dataset"):
     out.append(f"dataset: checkpoint {saved.get('dataset')!r}, this run {current.get('dataset')!r}")
+  # The optimizer state's shape: one step count or one per leaf; clipping or not.
+  saved = _with_added_fields(saved)
+  if saved.get("bias_correction") != current.get("bias_correction"):
+    out.append(f"bias_correction: checkpoint {saved.get('bias_correction')!r}, "
+               f"this run {current.get('bias_correction')!r}")
+  clips = [config.get("clip_grad_norm") is not None for config in (saved, current)]
+  if clips[0] != clips[1]:
+    out.append(f"clip_grad_norm: checkpoint {saved.get('clip_grad_norm')!r}, "
+               f"this run {current.get('clip_grad_norm')!r} (clipping on and off)")
   return out
 
 

@@ -112,6 +112,9 @@ class ModelConfig:
   latent_dim: int = 128
   # Negative slope of every leaky ReLU.
   leaky_slope: float = 0.2
+  # ProGAN's equalized learning rate: weights stored at unit scale, each layer's constant
+  # 1/sqrt(fan_in) applied at run time (model.py). Changes what the stored weights mean.
+  equalized_lr: bool = False
 
   def __post_init__(self):
     check_field(self, "image_channels", is_int(self.image_channels, 1),
@@ -126,6 +129,8 @@ class ModelConfig:
     check_field(self, "leaky_slope", is_number(slope) and 0 <= slope < 1,
                 "must be a number in [0, 1)")
     object.__setattr__(self, "leaky_slope", float(slope))
+    check_field(self, "equalized_lr", isinstance(self.equalized_lr, bool),
+                "must be true or false")
 
   def _channel_pairs(self) -> tuple[tuple[int, int], ...]:
     """`channels` as (resolution, channels) pairs for exactly this model's resolutions."""

@@ -51,6 +51,37 @@ def block_name(r: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks
+#
+# With `equalized` (ProGAN's equalized learning rate) a layer stores its weights at unit scale
+# and applies its init's constant 1/sqrt(fan_in) at run time. The layer is linear, so the
+# constant goes on its input, and the parameters keep their names and shapes. At init the
+# function is the plain model's (same key, same function); in training, Adam's steps of
+# about the learning rate are the same relative size in every layer, wide or narrow.
+
+
+def _kernel_init(equalized: bool):
+  """Flax's default (LeCun normal), or the same draws at unit scale."""
+  lecun = nn.initializers.lecun_normal()
+  if not equalized:
+    return lecun
+  return lambda key, shape, dtype=jnp.float32: lecun(key, shape, dtype) * np.sqrt(
+      np.prod(shape[:-1]))
+
+
+def _scaled_input(h, kernel_pixels: int, equalized: bool):
+  """The input of an equalized layer times its constant 1/sqrt(fan_in)."""
+  return h * (kernel_pixels * h.shape[-1]) ** -0.5 if equalized else h
+
+
+def _conv(features: int, size: int, equalized: bool, dtype, name: str):
+  conv = nn.Conv(features, (size, size), padding="SAME", dtype=dtype,
+                 kernel_init=_kernel_init(equalized), name=name)
+  return lambda h: conv(_scaled_input(h, size * size, equalized))
+
+
+def _dense(features: int, equalized: bool, dtype, name: str):
+  dense = nn.Dense(features, dtype=dtype, kernel_init=_kernel_init(equalized), name=name)
+  return lambda h: dense(_scaled_input(h, 1, equalized))
 
 
 class ConvStack(nn.Module):
@@ -59,11 +90,12 @@ class ConvStack(nn.Module):
   features: tuple[int, ...]
   slope: float
   dtype: Any = jnp.float32
+  equalized: bool = False
 
   @nn.compact
   def __call__(self, h):
     for i, f in enumerate(self.features):
-      h = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i + 1}")(h)
+      h = _conv(f, 3, self.equalized, self.dtype, f"conv{i + 1}")(h)
       h = nn.leaky_relu(h, self.slope)
     return h
 
@@ -74,10 +106,11 @@ class FromImage(nn.Module):
   features: int
   slope: float
   dtype: Any = jnp.float32
+  equalized: bool = False
 
   @nn.compact
   def __call__(self, images):
-    h = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="conv")(images)
+    h = _conv(self.features, 1, self.equalized, self.dtype, "conv")(images)
     return nn.leaky_relu(h, self.slope)
 
 
@@ -86,10 +119,11 @@ class ToImage(nn.Module):
 
   image_channels: int
   dtype: Any = jnp.float32
+  equalized: bool = False
 
   @nn.compact
   def __call__(self, h):
-    return nn.Conv(self.image_channels, (1, 1), dtype=self.dtype, name="conv")(h)
+    return _conv(self.image_channels, 1, self.equalized, self.dtype, "conv")(h)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,12 +140,13 @@ class Encoder(nn.Module):
 
   def block(self, r: int) -> ConvStack:
     # block_r runs at r and hands r/2 its channel count; downsampling follows it.
-    c = self.config.channels_at
-    return ConvStack((c(r), c(r // 2)), self.config.leaky_slope, self.dtype, name=block_name(r))
+    c, eq = self.config.channels_at, self.config.equalized_lr
+    return ConvStack((c(r), c(r // 2)), self.config.leaky_slope, self.dtype, eq,
+                     name=block_name(r))
 
   def from_image(self, r: int) -> FromImage:
     return FromImage(self.config.channels_at(r), self.config.leaky_slope, self.dtype,
-                     name=from_image_name(r))
+                     self.config.equalized_lr, name=from_image_name(r))
 
   @nn.compact
   def __call__(self, images, alpha):
@@ -126,9 +161,9 @@ class Encoder(nn.Module):
       h = downsample(self.block(r)(h))
       r //= 2
     h = ConvStack((cfg.channels_at(MIN_RESOLUTION),), cfg.leaky_slope, self.dtype,
-                  name=block_name(MIN_RESOLUTION))(h)
+                  cfg.equalized_lr, name=block_name(MIN_RESOLUTION))(h)
     h = h.reshape(h.shape[0], -1)
-    return nn.Dense(cfg.latent_dim, dtype=self.dtype, name="to_latent")(h)
+    return _dense(cfg.latent_dim, cfg.equalized_lr, self.dtype, "to_latent")(h)
 
 
 class Decoder(nn.Module):
@@ -142,18 +177,22 @@ class Decoder(nn.Module):
   def block(self, r: int) -> ConvStack:
     # block_r upsamples from r/2 and works at r.
     c = self.config.channels_at(r)
-    return ConvStack((c, c), self.config.leaky_slope, self.dtype, name=block_name(r))
+    return ConvStack((c, c), self.config.leaky_slope, self.dtype, self.config.equalized_lr,
+                     name=block_name(r))
 
   def to_image(self, r: int) -> ToImage:
-    return ToImage(self.config.image_channels, self.dtype, name=to_image_name(r))
+    return ToImage(self.config.image_channels, self.dtype, self.config.equalized_lr,
+                   name=to_image_name(r))
 
   @nn.compact
   def __call__(self, latent):
     cfg, top = self.config, self.resolution
     c4 = cfg.channels_at(MIN_RESOLUTION)
-    h = nn.Dense(MIN_RESOLUTION * MIN_RESOLUTION * c4, dtype=self.dtype, name="from_latent")(latent)
+    h = _dense(MIN_RESOLUTION * MIN_RESOLUTION * c4, cfg.equalized_lr, self.dtype,
+               "from_latent")(latent)
     h = nn.leaky_relu(h, cfg.leaky_slope).reshape(-1, MIN_RESOLUTION, MIN_RESOLUTION, c4)
-    h = ConvStack((c4,), cfg.leaky_slope, self.dtype, name=block_name(MIN_RESOLUTION))(h)
+    h = ConvStack((c4,), cfg.leaky_slope, self.dtype, cfg.equalized_lr,
+                  name=block_name(MIN_RESOLUTION))(h)
     last_shared = top // 2 if self.fading else top
     r = 2 * MIN_RESOLUTION
     while r <= last_shared:

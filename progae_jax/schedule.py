@@ -21,6 +21,8 @@ from progae_jax.config import (MIN_RESOLUTION, ModelConfig, check_field, check_i
 
 # What `optimizer_on_growth` may be (see TrainConfig).
 OPTIMIZER_POLICIES = ("carry", "reset", "reset_twice")
+# What `bias_correction` may be (see TrainConfig and optim.py).
+BIAS_CORRECTIONS = ("per_leaf", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,13 @@ class TrainConfig:
   # What happens to Adam's moments at growth: 'carry' kept leaves' moments, 'reset' all, or
   # 'reset_twice' (ProGAN's): reset at growth and again when the fade ends.
   optimizer_on_growth: Literal["carry", "reset", "reset_twice"] = "carry"
+  # Adam's bias correction: 'per_leaf' (each weight counts its own steps, so the leaves that
+  # growth adds start as Adam starts; optim.py) or 'shared' (optax's one count for all).
+  bias_correction: Literal["per_leaf", "shared"] = "per_leaf"
+  # Adam's second-moment decay (its memory is about 1 / (1 - adam_b2) steps).
+  adam_b2: float = 0.999
+  # Clip the gradient's global norm to this before Adam (None: no clipping).
+  clip_grad_norm: float | None = None
   # Alpha's ramp over a fade: 'linear', or 'smooth' (smoothstep: gentle at both ends).
   alpha_ramp: Literal["linear", "smooth"] = "linear"
   # Decay of the parameters' exponential moving average (None: no EMA). Evaluation uses it.
@@ -93,6 +102,13 @@ class TrainConfig:
     object.__setattr__(self, "dataset_options", dict(self.dataset_options))
     check_field(self, "optimizer_on_growth", self.optimizer_on_growth in OPTIMIZER_POLICIES,
                 f"must be one of {', '.join(OPTIMIZER_POLICIES)}")
+    check_field(self, "bias_correction", self.bias_correction in BIAS_CORRECTIONS,
+                f"must be one of {', '.join(BIAS_CORRECTIONS)}")
+    check_field(self, "adam_b2", is_number(self.adam_b2) and 0 < self.adam_b2 < 1,
+                "must be in (0, 1)")
+    clip = self.clip_grad_norm
+    check_field(self, "clip_grad_norm", clip is None or (is_number(clip) and clip > 0),
+                "must be a positive number or None")
     check_field(self, "alpha_ramp", self.alpha_ramp in ("linear", "smooth"),
                 "must be 'linear' or 'smooth'")
     decay = self.ema_decay

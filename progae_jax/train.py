@@ -48,8 +48,9 @@ from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
 from progae_jax.profiling import StepProfiler
 from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
+from progae_jax.optim import optimizer_for
 from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
-                                    make_optimizer, move_to_phase)
+                                    move_to_phase)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -359,7 +360,7 @@ def _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_image
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   signals = preemption.StopSignals(multi_process=jax.process_count() > 1,
                                    reached_preemption=ckpt.reached_preemption)
-  optimizer = make_optimizer(plan[0].learning_rate)
+  optimizer = optimizer_for(config)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
               make_train_step(config, optimizer, mesh), make_eval_step(config, mesh),
               ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)

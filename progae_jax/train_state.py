@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from progae_jax import parallel
+from progae_jax import optim, parallel
 from progae_jax.config import MIN_RESOLUTION, ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state
 from progae_jax.model import Stage, init_params, stage_of
@@ -33,19 +33,9 @@ from progae_jax.schedule import Phase, TrainConfig
 State = dict[str, Any]
 
 
-def make_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
-  """Adam with its learning rate injected into the state, so each stage can set its own
-  without recompiling the train step."""
-  return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-
-
 def set_learning_rate(state: State, learning_rate: float) -> State:
   """The same state with Adam's injected learning rate replaced (same shape: no recompile)."""
-  opt_state = state["opt_state"]
-  old = opt_state.hyperparams["learning_rate"]
-  new = jax.device_put(jnp.asarray(learning_rate, old.dtype), old.sharding)
-  hyperparams = dict(opt_state.hyperparams, learning_rate=new)
-  return dict(state, opt_state=opt_state._replace(hyperparams=hyperparams))
+  return dict(state, opt_state=optim.set_learning_rate(state["opt_state"], learning_rate))
 
 
 def _rng_for(state: State, resolution: int) -> jax.Array:

@@ -72,7 +72,7 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
   import jax
   import numpy as np
 
-  from progae_jax import parallel, train, train_state
+  from progae_jax import optim, parallel, train, train_state
   from progae_jax.schedule import StageSchedule
 
   assert jax.device_count() == 4, jax.devices()
@@ -104,7 +104,7 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
   np.savez(os.path.join(out, "params4.npz"), **flat_params(result.state["params"]))
 
   # Growth makes the new tree on the devices, already placed: no host transfer at all.
-  optimizer = train_state.make_optimizer(1e-3)
+  optimizer = optim.make_optimizer(1e-3)
   state = train_state.init_state(config, optimizer, mesh)
   jax.block_until_ready(state)
   with jax.transfer_guard("disallow"):
@@ -235,7 +235,7 @@ if __name__ != "__main__":
   import numpy as np
   import pytest
 
-  from progae_jax import checkpoint, data, parallel, train, train_state
+  from progae_jax import checkpoint, data, optim, parallel, train, train_state
 
   @pytest.fixture(scope="module")
   def runs(tmp_path_factory, data_dir):
@@ -350,7 +350,7 @@ if __name__ != "__main__":
     from progae_jax.model import stage_of
     config = runs["config"]
     abstract = train_state.abstract_state(config, stage_of(runs["ref"].state["params"]),
-                                          train_state.make_optimizer(), parallel.make_mesh())
+                                          optim.make_optimizer(), parallel.make_mesh())
     with ocp.StandardCheckpointer() as ckptr:
       state = ckptr.restore(os.path.join(final, "state"), abstract)
     assert int(state["step"]) == int(runs["ref"].state["step"]) == 8
@@ -394,7 +394,7 @@ if __name__ != "__main__":
     losses = {}
     for dtype in ("float32", "bfloat16"):
       config = dataclasses.replace(base, compute_dtype=dtype)
-      optimizer = train_state.make_optimizer(3e-3)
+      optimizer = optim.make_optimizer(3e-3)
       state = train_state.init_state(config, optimizer, mesh)
       step = train.make_train_step(config, optimizer, mesh)
       hlo = step.lower(state, parallel.global_batch(batches[0], mesh), np.float32(1)).as_text()

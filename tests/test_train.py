@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from progae_jax import (ModelConfig, apply, checkpoint, data, downsample, parallel, stage_of,
-                        train, train_state)
+from progae_jax import (ModelConfig, apply, checkpoint, data, downsample, optim, parallel,
+                        stage_of, train, train_state)
 from progae_jax.schedule import TrainConfig, alpha_at, phases
 
 from conftest import tiny_config
@@ -155,7 +155,11 @@ def test_ema_and_optimizer_state_were_grown(run):
   assert str(stage_of(state["params"])) == "8x8 stable"
   inner = state["opt_state"].inner_state[0]
   assert "block_8" in inner.mu["encoder"] and "from_image_4" not in inner.mu["encoder"]
-  assert int(state["opt_state"].inner_state[0].count) == int(state["step"]) == 24
+  # Each leaf's Adam counts its own steps: the 4x4 leaves all 24, block_8 the 16 since growth.
+  count = inner.count
+  assert int(count["encoder"]["block_4"]["conv1"]["kernel"]) == int(state["step"]) == 24
+  assert int(count["decoder"]["block_8"]["conv1"]["bias"]) == 16
+  assert int(count["decoder"]["to_image_8"]["conv"]["kernel"]) == 16
   assert not np.array_equal(state["ema"]["encoder"]["block_8"]["conv1"]["kernel"],
                             state["params"]["encoder"]["block_8"]["conv1"]["kernel"])
 
@@ -233,7 +237,7 @@ def test_a_schedule_without_fades_grows_at_once(data_dir, tmp_path):
 
 def test_microbatches_give_the_same_step(data_dir):
   config = tiny_config(data_dir)
-  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
+  mesh, opt = parallel.make_mesh(), optim.make_optimizer()
   batch = parallel.global_batch(
       next(data.batches("digits", resolution=4, batch_size=32, seed=1, data_dir=data_dir)), mesh)
   results = []

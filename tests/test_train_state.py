@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from progae_jax import Stage, parallel, stage_of, train_state
+from progae_jax import Stage, optim, parallel, stage_of, train_state
 
 from conftest import tiny_config
 
@@ -15,7 +15,7 @@ def _bumped(state):
 
 def test_grow_to_walks_the_stages_in_order_and_abstract_state_describes_each(data_dir):
   config = tiny_config(data_dir)
-  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
+  mesh, opt = parallel.make_mesh(), optim.make_optimizer()
   state = train_state.init_state(config, opt, mesh)
   for stage in (Stage(4, False), Stage(8, True), Stage(8, False)):
     state = train_state.grow_to(state, stage, config, opt, mesh)
@@ -42,7 +42,7 @@ def _moments(state) -> dict:
 def test_adams_moments_at_growth_and_at_the_fade_end(data_dir, policy, reset_at_growth,
                                                      reset_at_fade_end):
   config = tiny_config(data_dir, optimizer_on_growth=policy)
-  mesh, opt = parallel.make_mesh(), train_state.make_optimizer()
+  mesh, opt = parallel.make_mesh(), optim.make_optimizer()
   before = _bumped(train_state.init_state(config, opt, mesh))  # Every moment 1.
   fading = train_state.advance_state(before, config, opt, mesh)
   kept = {k: v for k, v in _moments(fading).items() if "_4']" in k}  # The 4x4 leaves.

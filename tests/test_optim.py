@@ -1,0 +1,97 @@
+"""Adam with a step count per leaf: optax's Adam where nothing grows, Adam's first steps for
+the leaves that growth adds, carried by path like the moments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import progae_jax as pj
+from progae_jax import optim
+
+SMALL = dict(image_channels=1, channels={4: 8, 8: 8, 16: 8}, latent_dim=8)
+
+
+def _grads(config, params, resolution, seed):
+  x = jax.random.uniform(jax.random.key(seed), (4, resolution, resolution, 1))
+  loss = lambda p: jnp.mean((pj.apply(config, p, x, 0.5)[0] - pj.fade_target(x, 0.5)) ** 2)
+  return jax.grad(loss)(params)
+
+
+def _train(opt, config, params, state, resolution, steps, seed=0):
+  for i in range(steps):
+    updates, state = opt.update(_grads(config, params, resolution, seed + i), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_where_nothing_grows_it_is_optaxs_adam():
+  config = pj.ModelConfig(max_resolution=8, **SMALL)
+  params = pj.init_params(config, 4, jax.random.key(0))
+  ours, theirs = optim.scale_by_leafwise_adam(b2=0.99), optax.scale_by_adam(b2=0.99)
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  for i in range(5):  # The same arithmetic, up to how XLA fuses it (one rounding).
+    g = _grads(config, params, 4, i)
+    u_ours, s_ours = jax.jit(ours.update)(g, s_ours)
+    u_theirs, s_theirs = jax.jit(theirs.update)(g, s_theirs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=3e-7), u_ours, u_theirs)
+  assert all(int(c) == 5 for c in jax.tree.leaves(s_ours.count))
+
+
+def _first_update_of_new_leaves(bias_correction: str) -> float:
+  """The largest first update of a leaf that growth added, in units of the learning rate,
+  after 200 steps of training the old tree."""
+  config = pj.ModelConfig(max_resolution=8, **SMALL)
+  opt = optim.make_optimizer(1e-3, bias_correction=bias_correction)
+  params = pj.init_params(config, 4, jax.random.key(0))
+  params, state = _train(opt, config, params, opt.init(params), 4, 200)
+  grown = pj.grow(params, config, jax.random.key(1))
+  state = pj.grow_opt_state(state, opt, grown)
+  updates, _ = opt.update(_grads(config, grown, 8, 999), state, grown)
+  new = updates["decoder"]["block_8"]
+  return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(new)) / 1e-3
+
+
+def test_a_new_leaf_takes_adams_first_step_not_several_times_it():
+  # Adam's first step is lr * g / |g|: exactly the learning rate, per weight.
+  assert _first_update_of_new_leaves("per_leaf") == pytest.approx(1.0, rel=1e-3)
+  # One shared count, already 200: the correction is off and the first step is
+  # (1 - b1) / sqrt(1 - b2) / (1 - b1^201) * sqrt(1 - b2^201) ~ 3.16 * 0.42 = 1.3x ... 3x.
+  assert _first_update_of_new_leaves("shared") > 1.2
+
+
+def test_growth_carries_each_leafs_count_by_path():
+  config = pj.ModelConfig(max_resolution=16, **SMALL)
+  opt = optim.make_optimizer(1e-3)
+  params = pj.init_params(config, 4, jax.random.key(0))
+  params, state = _train(opt, config, params, opt.init(params), 4, 3)
+  grown = pj.grow(params, config, jax.random.key(1))
+  state = pj.grow_opt_state(state, opt, grown)
+  grown, state = _train(opt, config, grown, state, 8, 2)
+  count = state.inner_state[0].count
+  assert int(count["encoder"]["block_4"]["conv1"]["kernel"]) == 5
+  assert int(count["encoder"]["from_image_4"]["conv"]["kernel"]) == 5
+  assert int(count["encoder"]["block_8"]["conv1"]["kernel"]) == 2
+  assert int(count["decoder"]["to_image_8"]["conv"]["bias"]) == 2
+  stable = pj.finish_fade(grown)
+  state = pj.grow_opt_state(state, opt, stable)
+  assert "from_image_4" not in state.inner_state[0].count["encoder"]
+  jax.tree.map(lambda a, b: None, opt.init(stable), state)  # The fresh tree's structure.
+
+
+def test_clipping_bounds_the_gradient_that_adam_sees():
+  config = pj.ModelConfig(max_resolution=8, **SMALL)
+  params = pj.init_params(config, 4, jax.random.key(0))
+  opt = optim.make_optimizer(1e-3, clip_grad_norm=1e-6)
+  state = opt.init(params)
+  g = _grads(config, params, 4, 0)
+  assert optax.tree.norm(g) > 1e-4
+  _, state = opt.update(g, state, params)
+  nu = state.inner_state[1].nu  # (1 - b2) g^2 of the clipped gradient, summed: 1e-3 * 1e-12.
+  assert float(sum(jnp.sum(v) for v in jax.tree.leaves(nu))) == pytest.approx(1e-15, rel=1e-3)
+
+
+def test_a_bad_bias_correction_is_named():
+  with pytest.raises(ValueError, match="bias_correction must be one of"):
+    optim.make_optimizer(1e-3, bias_correction="none")
