@@ -42,6 +42,12 @@ VARIANTS = {
     "clip": {"clip_grad_norm": 0.1},
     "smooth_ramp": {"alpha_ramp": "smooth"},
     "ema": {"ema_decay": 0.999},
+    "anneal": {"anneal_images": 25_600},
+    # The remedies together (per-leaf counts are today's default).
+    "smooth": {"adam_b2": 0.99, "anneal_images": 25_600},
+    "smooth_eq_lr": {"adam_b2": 0.99, "anneal_images": 25_600, "model.equalized_lr": True,
+                     "stages.4.learning_rate": 1e-2, "default_stage.learning_rate": 3e-3,
+                     "stages.16.learning_rate": 3e-3, "stages.32.learning_rate": 3e-3},
     "eq_lr": {"model.equalized_lr": True, "stages.4.learning_rate": 1e-2,
               "default_stage.learning_rate": 3e-3, "stages.16.learning_rate": 3e-3,
               "stages.32.learning_rate": 3e-3},
@@ -117,8 +123,9 @@ def _digits_losses(changes: dict, devices: int, workdir: str, data_dir: str | No
   """Per-step training losses of DIGITS_RUN with `changes` on `devices` CPU devices, in a
   process of its own (the device count is fixed when JAX starts)."""
   run = DIGITS_RUN + (["--fade-images", "64", "--stable-images", "64"] if quick else [])
-  overrides = [f"--config.{k}={v!r}" for k, v in changes.items()
-               if not (k.startswith("stages.") and int(k.split(".")[1]) > 8)]
+  # The main job's annealing spans its last 25,600 images: more than this whole run.
+  overrides = [f"--config.{k}={v!r}" for k, v in changes.items() if k != "anneal_images"
+               and not (k.startswith("stages.") and int(k.split(".")[1]) > 8)]
   cmd = [sys.executable, "-m", "progae_jax", "train", *run, *overrides, "--workdir", workdir,
          "--cpu-devices", str(devices), "--restart", "--quiet", "--no-tensorboard"]
   if data_dir:

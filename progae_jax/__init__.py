@@ -10,6 +10,7 @@ from progae_jax.version import __version__
 from progae_jax.checkpoint import CheckpointError, restore
 from progae_jax.config import ModelConfig
 from progae_jax.growth import finish_fade, grow, grow_opt_state, merge_by_path
+from progae_jax import optim
 from progae_jax.model import Stage, apply, build, count_params, init_params, stage_of
 from progae_jax.ops import downsample, fade_in, fade_target, to_resolution, upsample
 from progae_jax.summary import growth_diff, param_table

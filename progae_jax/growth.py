@@ -100,12 +100,11 @@ def grow_opt_state(opt_state: Any, optimizer: optax.GradientTransformation, new_
   Works for any optax optimizer, chains and `inject_hyperparams` included, because their
   states are pytrees in which a slot's path names the parameter it belongs to.
 
-  A pitfall of "carry" with Adam: the step count is shared by all leaves and is kept, so
-  Adam's bias correction is already close to off when the new leaves' moments start at zero.
-  Their first updates are then several times Adam's usual step (about 3-6x the learning rate
-  over the first hundreds of steps with b2 = 0.999). A learning rate that is fine for a
-  stage trained from scratch can diverge late in the fade; the presets use a lower one
-  after 4x4 (see docs/results.md), or use "reset".
+  A pitfall of "carry" with optax's Adam: its step count is shared by all leaves and is
+  kept, so Adam's bias correction is already close to off when the new leaves' moments start
+  at zero, and their first updates are several times Adam's usual step. The library's
+  optimizer (optim.py) keeps one count per leaf, which this merge carries by path like the
+  moments: new leaves start at 0 and take Adam's usual first steps.
   """
   if policy not in ("carry", "reset"):
     raise ValueError(f"policy must be 'carry' or 'reset', got {policy!r}")

@@ -70,6 +70,9 @@ class TrainConfig:
   adam_b2: float = 0.999
   # Clip the gradient's global norm to this before Adam (None: no clipping).
   clip_grad_norm: float | None = None
+  # The run's last this many images train with the learning rate annealed from the phase's
+  # to 0 along a cosine (0: no annealing).
+  anneal_images: int = 0
   # Alpha's ramp over a fade: 'linear', or 'smooth' (smoothstep: gentle at both ends).
   alpha_ramp: Literal["linear", "smooth"] = "linear"
   # Decay of the parameters' exponential moving average (None: no EMA). Evaluation uses it.
@@ -118,7 +121,7 @@ class TrainConfig:
                 "must be 'float32' or 'bfloat16'")
     check_ints(self, ("eval_every_images", "eval_images", "log_every_steps",
                       "checkpoint_every_images", "keep_checkpoints"), 1)
-    check_ints(self, ("seed",), 0)
+    check_ints(self, ("seed", "anneal_images"), 0)
 
   def stage(self, resolution: int) -> StageSchedule:
     return self.stages.get(resolution, self.default_stage)
@@ -197,6 +200,16 @@ def phase_at(plan: list[Phase], images_seen: int) -> Phase | None:
     if images_seen < phase.end:
       return phase
   return None
+
+
+def learning_rate_at(config: TrainConfig, phase: Phase, images_seen: int) -> float:
+  """The learning rate of the step that starts at `images_seen`: the phase's, times a cosine
+  from 1 to 0 over the run's last `anneal_images` images."""
+  if not config.anneal_images:
+    return phase.learning_rate
+  end = phases(config)[-1].end
+  t = min(max((images_seen - (end - config.anneal_images)) / config.anneal_images, 0.0), 1.0)
+  return phase.learning_rate * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def alpha_at(phase: Phase, images_seen: int, ramp: str = "linear") -> float:

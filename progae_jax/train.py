@@ -47,10 +47,11 @@ from progae_jax.metrics_log import MetricsLog
 from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
 from progae_jax.profiling import StepProfiler
-from progae_jax.schedule import Phase, TrainConfig, alpha_at, phase_at, phases
+from progae_jax.schedule import (Phase, TrainConfig, alpha_at, learning_rate_at, phase_at,
+                                 phases)
 from progae_jax.optim import optimizer_for
 from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
-                                    move_to_phase)
+                                    move_to_phase, set_learning_rate)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -505,6 +506,8 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   while run.images_seen < phase.end:
     before = run.images_seen
     alpha = alpha_at(phase, before, config.alpha_ramp)
+    if config.anneal_images:  # A function of the images seen, like alpha: resumes agree.
+      run.state = set_learning_rate(run.state, learning_rate_at(config, phase, before))
     batch = parallel.global_batch(next(iterator), run.mesh)
     step = first_step + (before - phase.start) // phase.batch_size
     with run.profiler.step(phase.resolution, step, run.state):
@@ -552,7 +555,7 @@ def _log_window(run: _Run, phase: Phase, window: _Window, alpha: float) -> dict:
   records[-1] = dict(last, images_per_s=rate)
   for r in records:
     run.log.write(r)
-    run.writers.train(r, phase.learning_rate)
+    run.writers.train(r, learning_rate_at(run.config, phase, r["images_seen"] - phase.batch_size))
   run.bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last['loss']:.4f} "
                           f"psnr={last['psnr']:.1f}dB")
   return last

@@ -19,6 +19,10 @@ import tempfile
 
 # The tests run on the CPU, whatever accelerator the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tiny models, many stages: compiling is most of a test's time, and XLA's optimisation passes
+# most of compiling (they halve the suite). Every comparison a test makes is between runs
+# under the same setting. The processes the tests start inherit it.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pytest
 

@@ -41,7 +41,9 @@ CONFIG = tiny_run(
                   "learning_rate": 0.002},
             "8": {"fade_images": 256, "stable_images": 128, "batch_size": 32,
                   "learning_rate": 0.001}},
-    eval_every_images=128, log_every_steps=3, checkpoint_every_images=64)
+    eval_every_images=128, log_every_steps=3, checkpoint_every_images=64,
+    # The learning rate anneals from 192 images on: the resumes mid-fade restart inside it.
+    anneal_images=320)
 
 # Runs `progae` with Orbax's last act of one save (the rename that makes the checkpoint) held
 # back: forever (the test then kills it mid-save, every time), for a few seconds, or until a
@@ -432,6 +434,23 @@ def test_a_contradicting_config_lists_every_differing_field(reference, data_dir,
   for field in ("model.image_channels", "model.channels", "model.latent_dim", "dataset"):
     assert field in str(e.value)
   assert _steps(workdir) == [448, 512]  # Nothing was touched.
+
+
+def test_what_changes_the_optimizer_states_shape_is_named_and_old_configs_read_as_shared():
+  saved = TrainConfig().to_dict()
+  same = checkpoint.config_differences
+  assert same(saved, dict(saved, adam_b2=0.99, clip_grad_norm=None)) == []
+  assert same(saved, dict(saved, bias_correction="shared")) == [
+      "bias_correction: checkpoint 'per_leaf', this run 'shared'"]
+  assert "clipping on and off" in same(saved, dict(saved, clip_grad_norm=1.0))[0]
+  model = dict(saved["model"], equalized_lr=True)
+  assert same(saved, dict(saved, model=model)) == [
+      "model.equalized_lr: checkpoint False, this run True"]
+  # A checkpoint written before these fields existed was trained with optax's shared count.
+  old = {k: v for k, v in saved.items() if k != "bias_correction"}
+  old["model"] = {k: v for k, v in saved["model"].items() if k != "equalized_lr"}
+  assert same(old, dict(saved, bias_correction="shared")) == []
+  assert same(old, saved) == ["bias_correction: checkpoint 'shared', this run 'per_leaf'"]
 
 
 def _damage(name):

@@ -117,3 +117,16 @@ def test_seed_digits(data_dir, tmp_path, cache):
   proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "seed_digits.py"),
                          "--reuse"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "unrecognized arguments: --reuse" in proc.stderr
+
+
+def test_smooth_growth(data_dir, tmp_path, cache):
+  result, stdout = _run("smooth_growth", data_dir, tmp_path, cache,
+                        "--variants", "before,per_leaf")
+  assert result["variants"] == {"before": {"bias_correction": "shared"}, "per_leaf": {}}
+  for label, s in result["summary"].items():
+    _spread_ok(s["psnr"], 0, 60)
+    assert s["best_psnr"]["values"][0] >= s["psnr"]["values"][0]
+    assert s["worst_fade_end_drop"]["values"][0] >= 0 and s["spikes"]["values"][0] >= 0
+    drift = s["device_drift"]  # The same run on 1 and on 4 devices: close, if not equal.
+    assert drift["steps"] == 6 and 0 <= drift["max"] < 1e-2
+    assert label in stdout

@@ -30,9 +30,10 @@ def _stable_trees(config, key):
     params = _perturb(pj.finish_fade(pj.grow(params, config, jax.random.fold_in(key, r))), key)
 
 
-@pytest.mark.parametrize("image_channels", [1, 3])
-def test_function_is_preserved_at_alpha_zero(image_channels):
-  config = pj.ModelConfig(image_channels=image_channels, max_resolution=32, **SMALL)
+@pytest.mark.parametrize("image_channels, equalized_lr", [(1, True), (3, False)])
+def test_function_is_preserved_at_alpha_zero(image_channels, equalized_lr):
+  config = pj.ModelConfig(image_channels=image_channels, max_resolution=32,
+                          equalized_lr=equalized_lr, **SMALL)
   for r, old in _stable_trees(config, jax.random.key(0)):
     new = pj.grow(old, config, jax.random.key(r))
     x = jax.random.uniform(jax.random.key(r + 1), (3, 2 * r, 2 * r, image_channels))

@@ -39,6 +39,22 @@ def test_stage_is_read_from_the_tree(resolution, fading):
   assert recon.shape == x.shape and latent.shape == (2, 16)
 
 
+def test_equalized_lr_stores_unit_scale_weights_of_the_same_function():
+  # The same key draws the same weights; equalized stores them at unit scale and applies
+  # 1/sqrt(fan_in) at run time, so at init both models compute the same thing.
+  plain = pj.ModelConfig(max_resolution=8, **SMALL)
+  equalized = pj.ModelConfig(max_resolution=8, equalized_lr=True, **SMALL)
+  p = pj.init_params(plain, 8, jax.random.key(0), fading=True)
+  q = pj.init_params(equalized, 8, jax.random.key(0), fading=True)
+  assert jax.tree.structure(p) == jax.tree.structure(q)
+  conv = lambda t: t["encoder"]["block_8"]["conv1"]["kernel"]  # 3x3, 8 in: fan_in 72
+  np.testing.assert_allclose(conv(q), conv(p) * np.sqrt(72), rtol=1e-6)
+  assert 0.7 < float(jnp.std(conv(q))) < 1.3
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+  for a, b in zip(pj.apply(plain, p, x, 0.5), pj.apply(equalized, q, x, 0.5)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_alpha_is_traced_so_a_fade_compiles_once():
   config = pj.ModelConfig(max_resolution=8, **SMALL)
   params = pj.init_params(config, 8, jax.random.key(0), fading=True)

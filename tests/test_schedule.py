@@ -1,7 +1,8 @@
 import pytest
 
 from progae_jax import ModelConfig
-from progae_jax.schedule import StageSchedule, TrainConfig, alpha_at, phase_at, phases
+from progae_jax.schedule import (StageSchedule, TrainConfig, alpha_at, learning_rate_at,
+                                 phase_at, phases)
 
 
 def _config(**kw):
@@ -31,6 +32,17 @@ def test_alpha_ramps_over_the_fade_and_is_one_when_stable():
   assert smooth[0] == 0.0 and smooth[1] < alphas[1]  # gentle start
 
 
+def test_the_learning_rate_anneals_over_the_runs_last_images_only():
+  config = _config(anneal_images=128)
+  plan = phases(config)  # 448 images: annealed from 320 on.
+  assert plan[-1].end == 448
+  assert learning_rate_at(_config(), plan[-1], 416) == plan[-1].learning_rate  # Off.
+  rates = [learning_rate_at(config, phase_at(plan, i), i) for i in range(0, 448, 32)]
+  assert rates[:11] == [1e-3] * 11  # Up to 320 images: the phases' rate.
+  assert rates[10:] == sorted(rates[10:], reverse=True) and rates[11] < 1e-3
+  assert rates[12] == pytest.approx(0.5e-3) and 0 < rates[-1] < 0.2e-3  # Half-way: half.
+
+
 def test_config_round_trips_through_json_dict():
   config = _config(stages={8: StageSchedule(batch_size=8)}, ema_decay=None)
   assert TrainConfig.from_dict(config.to_dict()) == config
@@ -43,6 +55,10 @@ def test_config_round_trips_through_json_dict():
     ({"compute_dtype": "float16"}, "compute_dtype"),
     ({"stages": {32: {}}}, "resolutions \\[32\\]"),
     ({"eval_images": 0}, "eval_images"),
+    ({"anneal_images": -1}, "anneal_images"),
+    ({"bias_correction": "none"}, "bias_correction"),
+    ({"adam_b2": 1.0}, "adam_b2"),
+    ({"clip_grad_norm": 0}, "clip_grad_norm"),
 ])
 def test_bad_train_configs(kw, match):
   with pytest.raises(ValueError, match=match):
