@@ -122,7 +122,9 @@ def _digits_losses(changes: dict, devices: int, workdir: str, data_dir: str | No
                    quick: bool) -> list[float]:
   """Per-step training losses of DIGITS_RUN with `changes` on `devices` CPU devices, in a
   process of its own (the device count is fixed when JAX starts)."""
-  run = DIGITS_RUN + (["--fade-images", "64", "--stable-images", "64"] if quick else [])
+  run = DIGITS_RUN + (["--fade-images", "64", "--stable-images", "64",  # The tests' tiny run.
+                       "--config.model.channels={4: 8, 8: 8}", "--config.model.latent_dim=8"]
+                      if quick else [])
   # The main job's annealing spans its last 25,600 images: more than this whole run.
   overrides = [f"--config.{k}={v!r}" for k, v in changes.items() if k != "anneal_images"
                and not (k.startswith("stages.") and int(k.split(".")[1]) > 8)]
