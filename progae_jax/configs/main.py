@@ -34,6 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
   })
   # Short CPU runs: an EMA of the weights lagged the weights by ~2 dB held-out PSNR.
   config.ema_decay = None
+  # Against the wobble late in fades (docs/results.md, "Smooth growth"): Adam's second
+  # moment with a memory of ~100 steps instead of ~1,000, so it follows a fade's growing
+  # gradients, and the last stable phase (25,600 images) with the learning rate annealed.
+  config.adam_b2 = 0.99
+  config.anneal_images = 25_600
   config.eval_every_images = 25_600
   config.checkpoint_every_images = 12_800
   return config
