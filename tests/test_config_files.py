@@ -104,7 +104,8 @@ def test_the_resolved_config_json_rebuilds_the_same_config(tmp_path, tiny_py, da
 BAD_FILES = {
     "top.json": ('{"bogus": 1}', "unknown key 'bogus' at the top level; allowed there: "),
     "model.json": ('{"model": {"bogus": 1}}', "unknown key 'bogus' in 'model'; allowed there: "
-                   "channels, image_channels, latent_dim, leaky_slope, max_resolution"),
+                   "channels, equalized_lr, image_channels, latent_dim, leaky_slope, "
+                   "max_resolution"),
     "stage.json": ('{"stages": {"4": {"bogus": 1}}}', "unknown key 'bogus' in 'stages.4'"),
     "options.json": ('{"dataset_options": {"nonsense": 1}}',
                      "unknown key 'nonsense' in 'dataset_options'; allowed there: channels, data_resolution, fit, "),

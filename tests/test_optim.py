@@ -20,9 +20,16 @@ def _grads(config, params, resolution, seed):
 
 
 def _train(opt, config, params, state, resolution, steps, seed=0):
+  @jax.jit
+  def step(params, state, i):
+    x = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), i),
+                           (4, resolution, resolution, 1))
+    loss = lambda p: jnp.mean((pj.apply(config, p, x, 0.5)[0] - pj.fade_target(x, 0.5)) ** 2)
+    updates, state = opt.update(jax.grad(loss)(params), state, params)
+    return optax.apply_updates(params, updates), state
+
   for i in range(steps):
-    updates, state = opt.update(_grads(config, params, resolution, seed + i), state, params)
-    params = optax.apply_updates(params, updates)
+    params, state = step(params, state, i)
   return params, state
 
 
