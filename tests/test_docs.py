@@ -216,8 +216,21 @@ def unknown_words(parser, words) -> list[str]:
     if not words or words[0] not in subparsers[0].choices:
       return words[:1] or ["(no subcommand)"]
     parser, words = subparsers[0].choices[words[0]], words[1:]
-  return [w.split("=")[0] for w in words if w.startswith("--")
+  return [w.split("=")[0] for w in words if w.startswith("--") and not _is_override(w)
           and w.split("=")[0] not in parser._option_string_actions]
+
+
+def _is_override(word: str) -> bool:
+  """`--config.KEY=VALUE` whose KEY is a config field (the CLI checks it the same way)."""
+  from progae_jax import config_files
+  if not word.startswith(config_files.OVERRIDE_PREFIX):
+    return False
+  key, _, text = word[len(config_files.OVERRIDE_PREFIX):].partition("=")
+  try:
+    config_files.apply_override({}, key, text)
+  except config_files.ConfigError:
+    return False
+  return True
 
 
 # ---------------------------------------------------------------------------------------------
