@@ -506,8 +506,9 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   while run.images_seen < phase.end:
     before = run.images_seen
     alpha = alpha_at(phase, before, config.alpha_ramp)
-    if config.anneal_images:  # A function of the images seen, like alpha: resumes agree.
-      run.state = set_learning_rate(run.state, learning_rate_at(config, phase, before))
+    learning_rate = learning_rate_at(config, phase, before)  # Like alpha: resumes agree.
+    if learning_rate != phase.learning_rate:  # Inside the annealing (move_to_phase set it).
+      run.state = set_learning_rate(run.state, learning_rate)
     batch = parallel.global_batch(next(iterator), run.mesh)
     step = first_step + (before - phase.start) // phase.batch_size
     with run.profiler.step(phase.resolution, step, run.state):
