@@ -44,9 +44,10 @@ from progae_jax.version import __version__
 ITEMS = ("state", "meta", "data")
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
-# Config fields added since the first release, with the value that a checkpoint whose config
-# lacks them was trained with.
-_BEFORE_ADDED_FIELDS = {"bias_correction": "shared", "model.equalized_lr": False}
+# Config fields added since the first release (top level, and in `model`), with the value that
+# a checkpoint whose config lacks them was trained with.
+_BEFORE_ADDED_FIELDS = {"bias_correction": "shared"}
+_BEFORE_ADDED_MODEL_FIELDS = {"equalized_lr": False}
 
 
 class CheckpointError(RuntimeError):
@@ -462,8 +463,7 @@ def _verify_checksums(state, meta: dict, where: str) -> None:
 
 def _with_added_fields(saved: dict) -> dict:
   """A checkpoint's config with the fields added since it was written (_BEFORE_ADDED_FIELDS)."""
-  top = {k: v for k, v in _BEFORE_ADDED_FIELDS.items() if "." not in k}
-  return {**top, **saved}
+  return {**_BEFORE_ADDED_FIELDS, **saved}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -473,7 +473,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
         f"the checkpoint's config is not a progae_jax TrainConfig: {str(saved)[:200]}")
   out = []
   for field in ("image_channels", "channels", "latent_dim", "leaky_slope", "equalized_lr"):
-    a = saved["model"].get(field, _BEFORE_ADDED_FIELDS.get(f"model.{field}"))
+    a = saved["model"].get(field, _BEFORE_ADDED_MODEL_FIELDS.get(field))
     b = current["model"].get(field)
     if field == "channels":  # Only resolutions both can reach must agree.
       common = set(a) & set(b)

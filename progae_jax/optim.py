@@ -4,7 +4,7 @@ Adam divides its moments by (1 - b^t) to undo their start at zero. optax's Adam 
 step count `t` for all weights. When growth adds `block_16` after 2,000 steps, its moments
 start at zero but `t` is already 2,000, so the correction is off:
 
-    shared count:    count = 2000                       new leaves' first updates ~3-6x the rate
+    shared count:    count = 2000                       new leaves' first steps: several x the rate
     per-leaf count:  count = {block_4: 2000, ..., block_16: 0, to_image_16: 0}
 
 With a count per leaf (a tree of int32 scalars shaped like the parameters), growth carries the
@@ -37,7 +37,8 @@ class LeafwiseAdamState(NamedTuple):
 def scale_by_leafwise_adam(b1: float = 0.9, b2: float = 0.999,
                            eps: float = 1e-8) -> optax.GradientTransformation:
   """`optax.scale_by_adam` with one step count per parameter leaf (see the module's picture).
-  For a tree that never grows it computes exactly what `optax.scale_by_adam` does."""
+  For a tree that never grows it is the same arithmetic as `optax.scale_by_adam` (jitted, the
+  two agree to float32 rounding: XLA may fuse the per-leaf divisions differently)."""
 
   def init(params):
     return LeafwiseAdamState(

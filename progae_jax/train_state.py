@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from progae_jax import optim, parallel
 from progae_jax.config import MIN_RESOLUTION, ModelConfig

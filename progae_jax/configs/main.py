@@ -3,7 +3,7 @@
     progae train --config configs/main.py                  # the same run as `progae train`
     progae train --config configs/main.py --config.model.latent_dim=64
 
-It finishes in under 10 minutes on a 2-core CPU (see the README for the numbers). Every key
+Its timing on a 2-core CPU is in the README ("The main job's result"). Every key
 is a TrainConfig field (progae_jax/schedule.py, where each is documented with its default);
 a key left out keeps TrainConfig's default, a key that is not a field is an error.
 """
