@@ -363,8 +363,30 @@ def _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_image
                                    reached_preemption=ckpt.reached_preemption)
   optimizer = optimizer_for(config)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
-              make_train_step(config, optimizer, mesh), make_eval_step(config, mesh),
+              *_steps_for(config, optimizer, mesh),
               ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)
+
+
+# The jitted steps of this process's runs, by everything they are traced from.
+_STEPS: dict[tuple, tuple[Callable, Callable]] = {}
+
+
+def _steps_for(config: TrainConfig, optimizer, mesh) -> tuple[Callable, Callable]:
+  """The run's jitted train and eval steps, made once per process for each model, kind of
+  optimizer (its learning rate is in the state, not in the step), EMA, dtype and mesh.
+
+  A second run that shares these (the next seed or variant of an experiment, a notebook cell
+  run again) reuses the traces and executables of the first rather than tracing every stage
+  again. The builders are part of the key, so a test that wraps one gets its own steps.
+  """
+  key = (make_train_step, make_eval_step, config.model, config.ema_decay,
+         config.compute_dtype, config.adam_b2, config.bias_correction, config.clip_grad_norm,
+         mesh)
+  if key not in _STEPS:
+    if len(_STEPS) >= 8:  # A sweep over many models keeps only the latest steps alive.
+      _STEPS.pop(next(iter(_STEPS)))
+    _STEPS[key] = make_train_step(config, optimizer, mesh), make_eval_step(config, mesh)
+  return _STEPS[key]
 
 
 def _check_dataset(config: TrainConfig, plan: list[Phase], data_module) -> None:

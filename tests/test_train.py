@@ -251,3 +251,32 @@ def test_microbatches_give_the_same_step(data_dir):
   assert loss_four == pytest.approx(loss_one, rel=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_second_run_in_the_process_reuses_the_steps_and_trains_the_same(data_dir, tmp_path,
+                                                                         monkeypatch):
+  """The next seed, learning rate or schedule on the same model: no stage is traced again."""
+  traced = []
+
+  def noting_trace(*args, **kwargs):
+    traced.append(None)
+    return train_step(*args, **kwargs)
+
+  train_step = train._train_step
+  monkeypatch.setattr(train, "_train_step", noting_trace)
+  monkeypatch.setattr(train, "_STEPS", {})
+  config = tiny_config(data_dir, fade_images=32, stable_images=32)
+  first = train.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
+  assert len(traced) == 3  # 4x4 stable, 8x8 fade, 8x8 stable.
+  again = train.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+  assert len(traced) == 3
+  for a, b in zip(jax.tree_util.tree_leaves(first.state), jax.tree_util.tree_leaves(again.state)):
+    np.testing.assert_array_equal(a, b)
+  # What the steps are made from, and nothing else, tells them apart.
+  mesh = parallel.make_mesh()
+  steps = lambda c: train._steps_for(c, optim.optimizer_for(c), mesh)
+  other_run = tiny_config(data_dir, fade_images=64, learning_rate=1e-3, seed=3)
+  assert steps(other_run) is steps(config)
+  for other_steps in (tiny_config(data_dir, model={"channels": {"4": 8, "8": 8}, "latent_dim": 4}),
+                      tiny_config(data_dir, adam_b2=0.99), tiny_config(data_dir, ema_decay=None)):
+    assert steps(other_steps) is not steps(config)
