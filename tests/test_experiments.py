@@ -7,7 +7,7 @@ scripts, not the answers (those are in the README, from the full modes).
 import json
 import math
 import os
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -17,29 +17,24 @@ from progae_jax.schedule import TrainConfig, phases
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """One compilation cache for the module: the variants share shapes, so most steps load."""
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def _run(name, data_dir, tmp_path, cache, *extra):
-  """The script's quick mode (one seed unless `extra` says otherwise): result.json, stdout."""
-  out = str(tmp_path / "out")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, f"{name}.py"), "--quick",
-                         "--out", out, "--workdir", str(tmp_path / "runs"), "--data-dir",
-                         data_dir, *extra],
-                        capture_output=True, text=True, timeout=600, env=env)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def _run(name, data_dir, tmp_path, monkeypatch, capsys, *extra):
+  """The script's quick mode (one seed unless `extra` says otherwise), run in this process as
+  `python experiments/NAME.py --quick ...` runs it: result.json, stdout. (In this process the
+  runs share their jitted steps, as one script's seeds and variants do.)"""
+  out, script = str(tmp_path / "out"), os.path.join(EXPERIMENTS, f"{name}.py")
+  argv = ["--quick", "--out", out, "--workdir", str(tmp_path / "runs"), "--data-dir", data_dir,
+          *extra]
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  monkeypatch.setattr(sys, "argv", [script, *argv])
+  assert runpy.run_path(script)["main"](argv) == 0
+  stdout = capsys.readouterr().out
   with open(os.path.join(out, f"{name}.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(out, "result.json")) as f:
     result = json.load(f)
   assert result["quick"] is True and result["seeds"] == 1
   assert "--quick" in result["command"] and result["machine"]["platform"] == "cpu"
-  return result, proc.stdout
+  return result, stdout
 
 
 def _spread_ok(s, low, high):
@@ -52,8 +47,8 @@ def _images_in(config: dict) -> int:
   return phases(TrainConfig.from_dict(config))[-1].end
 
 
-def test_progressive_vs_direct(data_dir, tmp_path, cache):
-  result, stdout = _run("progressive_vs_direct", data_dir, tmp_path, cache)
+def test_progressive_vs_direct(data_dir, tmp_path, monkeypatch, capsys):
+  result, stdout = _run("progressive_vs_direct", data_dir, tmp_path, monkeypatch, capsys)
   s = result["summary"]
   for key in ("progressive_psnr", "direct_psnr", "direct_psnr_at_progressive_seconds"):
     _spread_ok(s[key], 0, 60)
@@ -72,8 +67,8 @@ def test_progressive_vs_direct(data_dir, tmp_path, cache):
   assert "speed-up" in stdout or "in 0 of 1 seeds" in stdout
 
 
-def test_direct_lr_pilot(data_dir, tmp_path, cache):
-  result, stdout = _run("direct_lr_pilot", data_dir, tmp_path, cache)
+def test_direct_lr_pilot(data_dir, tmp_path, monkeypatch, capsys):
+  result, stdout = _run("direct_lr_pilot", data_dir, tmp_path, monkeypatch, capsys)
   assert set(result["summary"]) == {"lr0.001", "lr0.0003"}
   for label, s in result["summary"].items():
     _spread_ok(s, 0, 60)
@@ -83,10 +78,11 @@ def test_direct_lr_pilot(data_dir, tmp_path, cache):
     assert curve[-1][1] == s["values"][0] and f"{label}: final held-out PSNR" in stdout
 
 
-def test_optimizer_at_growth(data_dir, tmp_path, cache):
-  result, _ = _run("optimizer_at_growth", data_dir, tmp_path, cache)
+def test_optimizer_at_growth(data_dir, tmp_path, monkeypatch, capsys):
+  result, _ = _run("optimizer_at_growth", data_dir, tmp_path, monkeypatch, capsys)
   # --reuse reads the finished runs back instead of training them again: the same numbers.
-  again, stdout = _run("optimizer_at_growth", data_dir, tmp_path, cache, "--reuse")
+  again, stdout = _run("optimizer_at_growth", data_dir, tmp_path, monkeypatch, capsys,
+                       "--reuse")
   assert stdout.count("(read back)") == 3 and again["summary"] == result["summary"]
   assert set(result["summary"]) == {"carry", "reset", "reset_twice"}
   for policy in result["summary"].values():
@@ -96,8 +92,8 @@ def test_optimizer_at_growth(data_dir, tmp_path, cache):
     _spread_ok(policy["noise_floor"], 0, math.inf)
 
 
-def test_fade_length(data_dir, tmp_path, cache):
-  result, _ = _run("fade_length", data_dir, tmp_path, cache)
+def test_fade_length(data_dir, tmp_path, monkeypatch, capsys):
+  result, _ = _run("fade_length", data_dir, tmp_path, monkeypatch, capsys)
   budget = result["images_per_growth"]
   assert sorted(map(int, result["summary"])) == [0, budget // 8, budget // 2, budget]
   for fade in result["summary"].values():
@@ -105,8 +101,8 @@ def test_fade_length(data_dir, tmp_path, cache):
     _spread_ok(fade["jump_at_growth"]["8"], 0, math.inf)
 
 
-def test_seed_digits(data_dir, tmp_path, cache):
-  result, stdout = _run("seed_digits", data_dir, tmp_path, cache)
+def test_seed_digits(data_dir, tmp_path, monkeypatch, capsys):
+  result, stdout = _run("seed_digits", data_dir, tmp_path, monkeypatch, capsys)
   assert "resuming" in stdout  # the 8x8 stage grew from a restored 4x4 checkpoint
   for seed in result["per_seed"]:
     assert seed["kernel_shapes_unchanged"] is True
@@ -114,13 +110,15 @@ def test_seed_digits(data_dir, tmp_path, cache):
   for key in ("psnr_4", "psnr_8", "psnr_4_enlarged_to_8"):
     _spread_ok(result["summary"][key], 0, 60)
   # It cannot read its runs back (it needs the 4x4 state, which is not kept): no --reuse.
-  proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "seed_digits.py"),
-                         "--reuse"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and "unrecognized arguments: --reuse" in proc.stderr
+  with pytest.raises(SystemExit) as refused:
+    runpy.run_path(os.path.join(EXPERIMENTS, "seed_digits.py"))["main"](["--reuse"])
+  assert refused.value.code == 2
+  assert "unrecognized arguments: --reuse" in capsys.readouterr().err
 
 
-def test_smooth_growth(data_dir, tmp_path, cache):
-  result, stdout = _run("smooth_growth", data_dir, tmp_path, cache, "--variants", "before")
+def test_smooth_growth(data_dir, tmp_path, monkeypatch, capsys):
+  result, stdout = _run("smooth_growth", data_dir, tmp_path, monkeypatch, capsys,
+                        "--variants", "before")
   assert result["variants"] == {"before": {"bias_correction": "shared"}}
   for label, s in result["summary"].items():
     _spread_ok(s["psnr"], 0, 60)
