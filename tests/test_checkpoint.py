@@ -4,8 +4,8 @@ The runs here are real `progae train` processes on the digits (4x4 -> 8x8, 512 i
 
     4x4 stable [0, 128)  ->  8x8 fade [128, 384)  ->  8x8 stable [384, 512)
 
-with a checkpoint every 64 images and at each phase end. They share a persistent XLA
-compilation cache, so only the first one pays for compiling (the cache stores the very
+with a checkpoint every 64 images and at each phase end. They share the session's persistent
+XLA compilation cache, so only the first one pays for compiling (the cache stores the very
 executables a fresh compile makes, so the bits are the same).
 """
 
@@ -118,9 +118,9 @@ class Runner:
     self.slow_reads_driver = os.path.join(base, "slow_reads_driver.py")
     with open(self.slow_reads_driver, "w") as f:
       f.write(SLOW_READS_DRIVER)
-    self.env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir,
-                    JAX_COMPILATION_CACHE_DIR=os.path.join(base, "xla_cache"),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # The session's compilation cache (conftest) comes with os.environ: the tiny model's
+    # steps compiled by any test's `progae train` process are loaded, not compiled, here.
+    self.env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=data_dir)
 
   def argv(self, workdir, *extra):
     return ["train", "--preset", "digits", "--config", self.config, "--data-dir",
