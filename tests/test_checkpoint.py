@@ -659,9 +659,10 @@ def _one_line_error(proc, command="train"):
 
 
 def _train_here(runner, workdir, *extra, capsys):
-  """`progae train` called in this process: what a refusal made before any checkpoint is read
-  (and so before Orbax starts a thread) shows the user is the same as in a process of its own;
-  the refusals after that run in real processes, where noise at exit would show."""
+  """`progae train` called in this process, for what ends before any array is restored or
+  saved (the flags, the work directory, the checkpoints' list and metadata): the user sees the
+  same as from a process of its own. What ends later (a NaN, a full disk, damaged arrays) runs
+  in real processes, where noise from Orbax's threads at exit would show."""
   try:
     code = cli.main(runner.argv(workdir, *extra))
   except SystemExit as e:  # argparse's refusals exit, as they do in a process of their own.
@@ -822,7 +823,8 @@ def test_resuming_a_finished_run_says_it_is_finished(runner, reference, tmp_path
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)
   proc = _train_here(runner, workdir, capsys=capsys)
-  assert proc.returncode == 0 and "is already finished: 512 images" in proc.stdout and "--restart" in proc.stdout
+  assert proc.returncode == 0
+  assert "is already finished: 512 images" in proc.stdout and "--restart" in proc.stdout
   assert _steps(workdir) == [448, 512]
 
 
