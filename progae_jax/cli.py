@@ -328,8 +328,11 @@ def cmd_reconstruct(args) -> int:
   if dataset != config.dataset and data.is_folder(dataset):  # Stored as the model takes it.
     options = {"data_resolution": config.model.max_resolution,
                "channels": config.model.image_channels}
-  images = data.eval_images(dataset, resolution=stage.resolution, count=args.count,
-                            data_dir=args.data_dir or config.data_dir, **options)
+  data_dir = args.data_dir or config.data_dir
+  count = args.count or min(16, data.dataset_info(dataset, data_dir=data_dir,
+                                                  **options).num_test)
+  images = data.eval_images(dataset, resolution=stage.resolution, count=count,
+                            data_dir=data_dir, **options)
   if images.shape[-1] != config.model.image_channels:
     raise ValueError(f"{dataset!r} has {images.shape[-1]} channel(s) but the checkpoint's model "
                      f"takes {config.model.image_channels}")
@@ -376,7 +379,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir")
   p.add_argument("--out", required=True,
                  help="the PNG to write, or a folder to write reconstructions_STEP.png in")
-  p.add_argument("--count", type=_positive_int, default=16)
+  p.add_argument("--count", type=_positive_int,
+                 help="held-out images to show (default: 16, or all of them if fewer)")
   p.add_argument("--step", type=int)
   p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
   p = sub.add_parser("prepare", help="prepare a folder of images (or a built-in dataset) now, "

@@ -13,7 +13,7 @@ import skimage.data
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from progae_jax import cli, data
+from progae_jax import cli, data, plots
 from progae_jax.data import folder
 
 R = 16  # The resolution the folders are prepared at: small, so the tests are fast.
@@ -378,7 +378,7 @@ def test_progae_prepare_prints_the_report_and_refuses_bad_input(prepared, capsys
   assert err.count("\n") == 1 and "progae prepare: error: resolution 12" in err
 
 
-def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path):
+def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path, monkeypatch):
   root, workdir = tmp_path / "mine", tmp_path / "run"
   _write_photos(root, 24, seed=7)
   (root / "bad.jpg").write_text("oops")
@@ -396,3 +396,13 @@ def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path):
   out = tmp_path / "recon.png"
   assert cli.main(["reconstruct", str(workdir), "--out", str(out), "--count", "2"]) == 0
   assert Image.open(out).size[0] > 0
+  # By default as many held-out images as there are, up to 16; more than there are: refused.
+  held_out = data.dataset_info(str(root), data_dir=str(tmp_path / "tfds"),
+                               data_resolution=8).num_test
+  assert held_out < 16
+  shown = []
+  monkeypatch.setattr(plots, "save_reconstructions",
+                      lambda path, originals, *a, **k: shown.append(len(originals)))
+  assert cli.main(["reconstruct", str(workdir), "--out", str(tmp_path / "every.png")]) == 0
+  assert shown == [held_out]
+  assert cli.main(["reconstruct", str(workdir), "--out", str(out), "--count", "16"]) == 2
