@@ -77,11 +77,16 @@ def make_optimizer(learning_rate: float = 1e-3, *, b2: float = 0.999,
   return optax.inject_hyperparams(adam)(learning_rate=learning_rate)
 
 
+def optimizer_fields(config: TrainConfig) -> dict:
+  """What a TrainConfig's optimizer is made from besides its learning rate (which lives in the
+  optimizer's state, so a jitted step serves every rate)."""
+  return {"b2": config.adam_b2, "bias_correction": config.bias_correction,
+          "clip_grad_norm": config.clip_grad_norm}
+
+
 def optimizer_for(config: TrainConfig) -> optax.GradientTransformation:
   """The optimizer a TrainConfig asks for, at its first phase's learning rate."""
-  return make_optimizer(phases(config)[0].learning_rate, b2=config.adam_b2,
-                        bias_correction=config.bias_correction,
-                        clip_grad_norm=config.clip_grad_norm)
+  return make_optimizer(phases(config)[0].learning_rate, **optimizer_fields(config))
 
 
 def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:

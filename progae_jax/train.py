@@ -49,7 +49,7 @@ from progae_jax.ops import fade_target, to_resolution
 from progae_jax.profiling import StepProfiler
 from progae_jax.schedule import (Phase, TrainConfig, alpha_at, learning_rate_at, phase_at,
                                  phases)
-from progae_jax.optim import optimizer_for
+from progae_jax.optim import optimizer_fields, optimizer_for
 from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
                                     move_to_phase, set_learning_rate)
 
@@ -380,8 +380,7 @@ def _steps_for(config: TrainConfig, optimizer, mesh) -> tuple[Callable, Callable
   again. The builders are part of the key, so a test that wraps one gets its own steps.
   """
   key = (make_train_step, make_eval_step, config.model, config.ema_decay,
-         config.compute_dtype, config.adam_b2, config.bias_correction, config.clip_grad_norm,
-         mesh)
+         config.compute_dtype, tuple(sorted(optimizer_fields(config).items())), mesh)
   if key not in _STEPS:
     if len(_STEPS) >= 8:  # A sweep over many models keeps only the latest steps alive.
       _STEPS.pop(next(iter(_STEPS)))
