@@ -285,6 +285,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   """
   if data_module is None:
     from progae_jax import data as data_module
+  config = _folder_as_the_model_takes_it(config, data_module)
   plan = phases(config)
   mesh = mesh or parallel.make_mesh()
   _check_run(config, plan, mesh, data_module, restart, resume_from_step)
@@ -326,6 +327,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
     if lock is not None:
       lock.release()
   return _finish(run)
+
+
+def _folder_as_the_model_takes_it(config: TrainConfig, data_module) -> TrainConfig:
+  """A folder of images is stored at the model's final resolution and image channels, as
+  `progae train` stores it, unless the config's dataset options say otherwise (the data
+  layer's own defaults, 32x32 RGB, would not fit a 64x64 or a grayscale model)."""
+  is_folder = getattr(data_module, "is_folder", None)
+  if is_folder is None or not is_folder(config.dataset):
+    return config
+  options = {"data_resolution": config.model.max_resolution,
+             "channels": config.model.image_channels, **config.dataset_options}
+  return dataclasses.replace(config, dataset_options=options)
 
 
 def _close(run: _Run | None) -> None:

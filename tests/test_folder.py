@@ -2,6 +2,7 @@
 saved as the files a user has (odd sizes, PNG and JPEG, grey, RGBA, palette, 16-bit, broken)."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ import skimage.data
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from progae_jax import cli, data, plots
+from progae_jax import cli, data, plots, train
+from progae_jax.config import ModelConfig
+from progae_jax.schedule import StageSchedule, TrainConfig
 from progae_jax.data import folder
 
 R = 16  # The resolution the folders are prepared at: small, so the tests are fast.
@@ -406,3 +409,21 @@ def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path, 
   assert cli.main(["reconstruct", str(workdir), "--out", str(tmp_path / "every.png")]) == 0
   assert shown == [held_out]
   assert cli.main(["reconstruct", str(workdir), "--out", str(out), "--count", "16"]) == 2
+
+
+def test_a_library_run_stores_the_folder_as_its_model_takes_it(prepared, tmp_path):
+  """No dataset options: the folder is stored at the model's resolution and channels (here
+  8x8 grayscale), as `progae train` stores it, not at the data layer's 32x32 RGB."""
+  root, data_dir = prepared[0], str(tmp_path / "tfds")
+  config = TrainConfig(
+      model=ModelConfig(image_channels=1, max_resolution=8, channels={4: 8, 8: 8},
+                        latent_dim=8),
+      dataset=str(root), data_dir=data_dir, eval_images=2,
+      default_stage=StageSchedule(fade_images=4, stable_images=4, batch_size=4))
+  result = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False,
+                                    stop_after_images=4)
+  assert result.images_seen == 4
+  with open(tmp_path / "run" / "config.json") as f:
+    options = json.load(f)["dataset_options"]
+  assert options == {"data_resolution": 8, "channels": 1}
+  assert data.dataset_info(str(root), data_dir=data_dir, **options).image_shape == (8, 8, 1)
