@@ -326,8 +326,7 @@ def cmd_reconstruct(args) -> int:
     dataset = os.path.abspath(os.path.expanduser(dataset))
   options = dict(config.dataset_options) if dataset == config.dataset else {}
   if dataset != config.dataset and data.is_folder(dataset):  # Stored as the model takes it.
-    options = {"data_resolution": config.model.max_resolution,
-               "channels": config.model.image_channels}
+    options = data.folder_options_for(config.model)
   data_dir = args.data_dir or config.data_dir
   count = args.count or min(16, data.dataset_info(dataset, data_dir=data_dir,
                                                   **options).num_test)

@@ -336,8 +336,8 @@ def _folder_as_the_model_takes_it(config: TrainConfig, data_module) -> TrainConf
   is_folder = getattr(data_module, "is_folder", None)
   if is_folder is None or not is_folder(config.dataset):
     return config
-  options = {"data_resolution": config.model.max_resolution,
-             "channels": config.model.image_channels, **config.dataset_options}
+  from progae_jax.data import folder_options_for
+  options = {**folder_options_for(config.model), **config.dataset_options}
   return dataclasses.replace(config, dataset_options=options)
 
 

@@ -221,6 +221,12 @@ DATASET_OPTIONS = ("channels", "data_resolution", "fit", "image_key", "test_spli
                    "train_split")
 
 
+def folder_options_for(model: ModelConfig) -> dict:
+  """The options that store a folder of images as `model` takes it: at its final resolution,
+  with its image channels (the data layer's defaults, 32x32 RGB, suit a default model only)."""
+  return {"data_resolution": model.max_resolution, "channels": model.image_channels}
+
+
 def options(opts: dict) -> dict:
   known = {"image_key": _DEFAULT_IMAGE_KEY, "train_split": _DEFAULT_TRAIN_SPLIT,
            "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad", "data_resolution": None,
