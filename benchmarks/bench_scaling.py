@@ -42,7 +42,7 @@ def worker(args) -> None:
   import jax
   import numpy as np
 
-  from progae_jax import optim, parallel, train, train_state
+  from progae_jax import optim, parallel, steps, train_state
   from progae_jax.config import ModelConfig
   from progae_jax.model import Stage
   from progae_jax.schedule import TrainConfig
@@ -60,7 +60,7 @@ def worker(args) -> None:
   rng = np.random.default_rng(0)
   shape = (args.batch, args.resolution, args.resolution, args.image_channels)
   host = [rng.random(shape, dtype=np.float32) for _ in range(4)]
-  step = train.make_train_step(config, optimizer, mesh)
+  step = steps.make_train_step(config, optimizer, mesh)
 
   t0 = time.perf_counter()
   state, metrics = step(state, parallel.global_batch(host[0], mesh), alpha)

@@ -8,7 +8,7 @@ resident memory. `progae bench --vs-torch` runs it beside its own step, for the 
 batch, alpha, image channels, channel widths and latent width, and reports the ratio.
 
 The same model as `progae_jax.ModelConfig()` (tests/test_bench.py compares the parameter
-count of every stage), the same step as `progae_jax.train.make_train_step`:
+count of every stage), the same step as `progae_jax.steps.make_train_step`:
 
     encoder at R:  from_image_R (1x1 conv, lrelu)
                    block_r for r = R .. 8: conv3x3 C[r]->C[r], lrelu, conv3x3 C[r]->C[r/2],

@@ -5,7 +5,7 @@
     python -m progae_jax.bench --resolutions 16 --rounds 5 --json bench.jsonl
 
 For every stage (resolution and phase) it compiles the real training step
-(`progae_jax.train.make_train_step`: MSE against the faded target, Adam, metrics, state
+(`progae_jax.steps.make_train_step`: MSE against the faded target, Adam, metrics, state
 donated) once, then times windows of steps on one fixed random batch: images/s is the
 median over the windows, after warm-up. Data loading is not part of it.
 
@@ -85,7 +85,7 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   import jax.numpy as jnp
   import numpy as np
 
-  from progae_jax import optim, parallel, train, train_state
+  from progae_jax import optim, parallel, steps, train_state
   from progae_jax.schedule import TrainConfig
 
   config = TrainConfig(model=model_config, compute_dtype=compute_dtype, seed=seed,
@@ -99,7 +99,7 @@ def prepare_jax_stage(model_config, resolution: int, fading: bool, batch: int, a
   images = jax.device_put(images, parallel.data_sharding(mesh))
   alpha_arr = jax.device_put(jnp.float32(alpha), parallel.replicated(mesh))
 
-  step = train.make_train_step(config, optimizer, mesh, microbatches=microbatches)
+  step = steps.make_train_step(config, optimizer, mesh, microbatches=microbatches)
   t = time.perf_counter()
   compiled = step.lower(state, images, alpha_arr).compile()
   compile_s = time.perf_counter() - t

@@ -24,146 +24,47 @@ itself, and how it grows, is train_state.py. `train_and_evaluate` is these steps
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import math
 import os
+import queue
+import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import dm_pix
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import PartitionSpec as P
 
 from progae_jax import checkpoint as ckpt_lib
-from progae_jax import config_files, parallel, preemption, writers
+from progae_jax import config_files, parallel, preemption, steps, writers
 from progae_jax import workdir as workdir_lib
-from progae_jax.config import ModelConfig
 from progae_jax.metrics_log import MetricsLog
-from progae_jax.model import Stage, apply, stage_of
-from progae_jax.ops import fade_target, to_resolution
+from progae_jax.model import Stage, stage_of
+from progae_jax.ops import to_resolution
+from progae_jax.optim import optimizer_for
 from progae_jax.profiling import StepProfiler
-from progae_jax.schedule import (Phase, TrainConfig, alpha_at, learning_rate_at, phase_at,
-                                 phases)
-from progae_jax.optim import optimizer_fields, optimizer_for
-from progae_jax.train_state import (State, abstract_state, checkpoint_meta, init_state,
-                                    move_to_phase, set_learning_rate)
+from progae_jax.schedule import (
+  Phase,
+  TrainConfig,
+  alpha_at,
+  learning_rate_at,
+  phase_at,
+  phases,
+)
+from progae_jax.train_state import (
+  State,
+  abstract_state,
+  checkpoint_meta,
+  init_state,
+  move_to_phase,
+  set_learning_rate,
+)
 
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; the message names step, stage and alpha."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Steps
-
-
-def psnr_from_mse(mse):
-  """Peak signal-to-noise ratio in dB of images in [0, 1]."""
-  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
-
-
-def _squared_error(params, images, alpha, *, model: ModelConfig, compute_dtype):
-  """Sum over `images` of the squared error against the faded target (float32)."""
-  recon, _ = apply(model, params, images, alpha, dtype=compute_dtype)
-  return jnp.sum((recon.astype(jnp.float32) - fade_target(images, alpha)) ** 2)
-
-
-def _gradients_of_my_rows(params, rows, alpha, *, microbatches: int, **model_kw):
-  """Runs on each device with its rows of the batch (inside `shard_map`): the summed squared
-  error and its gradient, then `psum` adds them over the devices.
-
-  With `microbatches` > 1 the rows go through the model in that many chunks, one after the
-  other, and their gradients are added: the same step (up to rounding) with a fraction of
-  the activations in memory at once.
-  """
-  error, grads = 0.0, None
-  for chunk in jnp.split(rows, microbatches):
-    e, g = jax.value_and_grad(_squared_error)(params, chunk, alpha, **model_kw)
-    error, grads = error + e, g if grads is None else jax.tree.map(jnp.add, grads, g)
-  return jax.lax.psum((error, grads), parallel.DATA_AXIS)
-
-
-def _train_step(state: State, batch: jax.Array, alpha: jax.Array, *, model: ModelConfig,
-                optimizer, ema_decay: float | None, compute_dtype, mesh,
-                microbatches: int = 1) -> tuple[State, dict]:
-  """One optimisation step on the mean squared error against `fade_target(batch, alpha)`.
-
-  Data parallelism is written out: every device differentiates the loss of its own rows and
-  one `psum` adds the gradients; the update that follows is the same on every device.
-  """
-  grads_fn = functools.partial(_gradients_of_my_rows, microbatches=microbatches, model=model,
-                               compute_dtype=compute_dtype)
-  error, grads = jax.shard_map(
-      grads_fn, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()),
-      check_vma=False)(state["params"], batch, alpha)
-  loss = error / batch.size
-  grads = jax.tree.map(lambda g: g / batch.size, grads)
-  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
-  new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
-  if ema_decay is not None:
-    # Warm-up: early on the average follows the weights closely, so a short run's evaluation
-    # is not dominated by the random initialisation.
-    step = state["step"].astype(jnp.float32)
-    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-    new["ema"] = optax.incremental_update(params, state["ema"], 1.0 - decay)
-  metrics = {"loss": loss, "psnr": psnr_from_mse(loss), "grad_norm": optax.tree.norm(grads)}
-  return new, metrics
-
-
-def make_train_step(config: TrainConfig, optimizer, mesh, microbatches: int = 1) -> Callable:
-  """`train_step(state, batch, alpha) -> (state, metrics)`, jitted once, state donated.
-
-  The shardings are pytree prefixes (state replicated, batch split over "data"), so the one
-  jitted function serves every stage; it compiles once per (stage, phase), as the shapes of
-  the state change only there. `alpha` is a traced float32: a whole fade is one executable.
-  """
-  step = functools.partial(_train_step, model=config.model, optimizer=optimizer,
-                           ema_decay=config.ema_decay, mesh=mesh, microbatches=microbatches,
-                           compute_dtype=jnp.dtype(config.compute_dtype))
-  state_sh, rep = parallel.state_sharding(mesh), parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(state_sh, parallel.data_sharding(mesh), rep),
-                 out_shardings=(state_sh, rep), donate_argnums=0)
-
-
-def ssim_filter_size(resolution: int) -> int:
-  """dm-pix's Gaussian window, shrunk (odd, below the image size) for the small stages."""
-  return min(11, resolution - 1 if resolution % 2 == 0 else resolution)
-
-
-def _eval_step(params, full, alpha, *, model: ModelConfig, compute_dtype):
-  """Per-image metrics of the reconstructions of `full`, images at the final resolution.
-
-  The model sees `full` shrunk to its stage. MSE, PSNR and SSIM are measured at the stage,
-  against the faded target (what the stage is trained to output). `psnr_full` and
-  `ssim_full` enlarge the reconstruction back to the final resolution (nearest neighbour)
-  and compare it with `full` itself: how well the model reconstructs final-size images right
-  now, which is comparable across stages and with a model trained at the final size only.
-  """
-  images = to_resolution(full, stage_of(params).resolution)
-  target = fade_target(images, alpha)
-  recon = jnp.clip(apply(model, params, images, alpha, dtype=compute_dtype)[0], 0.0, 1.0)
-  mse = jnp.mean((recon - target) ** 2, axis=(1, 2, 3))
-  ssim = dm_pix.ssim(recon, target, filter_size=ssim_filter_size(images.shape[1]))
-  enlarged = to_resolution(recon, full.shape[1])
-  mse_full = jnp.mean((enlarged - full) ** 2, axis=(1, 2, 3))
-  ssim_full = dm_pix.ssim(enlarged, full, filter_size=ssim_filter_size(full.shape[1]))
-  return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim,
-          "psnr_full": psnr_from_mse(mse_full), "ssim_full": ssim_full}, recon
-
-
-def make_eval_step(config: TrainConfig, mesh) -> Callable:
-  """`eval_step(params, images, alpha) -> (per-image metrics, reconstructions)`, jitted;
-  `images` at the final resolution (or at the stage's own, where `*_full` equals the rest)."""
-  step = functools.partial(_eval_step, model=config.model,
-                           compute_dtype=jnp.dtype(config.compute_dtype))
-  rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(data, data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +113,7 @@ class RunResult:
   summary: list[dict]
   state: State
   stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run.
+  timings: dict | None = None  # Wall seconds by what they were spent on (`Timings.KINDS`).
 
 
 @dataclasses.dataclass
@@ -223,8 +125,7 @@ class _Run:
   mesh: Any
   data: Any  # The data module (a stand-in in some tests).
   optimizer: Any
-  train_step: Callable
-  eval_step: Callable
+  programs: steps.Programs  # The phases' train and eval steps, compiled ahead.
   ckpt: ckpt_lib.Checkpointer
   main: bool  # Process 0: prints, writes metrics and pictures.
   progress: bool
@@ -247,6 +148,10 @@ class _Run:
   profiler: StepProfiler | None = None
   stopped_by: str | None = None  # The signal that stopped the run.
   steps_run: int = 0  # Steps taken by this process (JAX's preemption sync counts in steps).
+  timings: Timings = dataclasses.field(default_factory=lambda: Timings())
+  background: _Background = dataclasses.field(default_factory=lambda: _Background())
+  eval_batch: jax.Array | None = None  # The held-out images on the devices.
+  flushed_at: float = 0.0  # When the last window's metrics reached the host.
 
   def stop_reached(self) -> bool:
     return (self.stopped_by is not None or self.stop_after_images is not None
@@ -256,15 +161,41 @@ class _Run:
 @dataclasses.dataclass
 class _Window:
   """The steps since the last flush, whose metrics are still on the devices."""
-  pending: list = dataclasses.field(default_factory=list)  # (images seen before, alpha, metrics)
-  t0: float = dataclasses.field(default_factory=time.perf_counter)
+  pending: list = dataclasses.field(default_factory=list)  # (step, images before, alpha, metrics)
   images: int = 0
+
+  def close(self) -> _Window:
+    """Starts copying the window's metrics to the host; the loop goes on meanwhile."""
+    for *_, metrics in self.pending:
+      for value in metrics.values():
+        value.copy_to_host_async()
+    return self
+
+
+class Timings:
+  """Wall seconds of a run by what they were spent on (`RunResult.timings`): where the time
+  goes that is not training steps. `compile_wait` is the loop waiting for a program."""
+
+  KINDS = ("start", "compile_wait", "grow", "train", "log", "evaluate", "pictures",
+           "checkpoint", "finish")
+
+  def __init__(self):
+    self.seconds = dict.fromkeys(self.KINDS, 0.0)
+
+  @contextlib.contextmanager
+  def __call__(self, kind: str):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[kind] += time.perf_counter() - t
 
 
 @dataclasses.dataclass(frozen=True)
 class _Due:
   """What is due after a step: flush the window, evaluate, checkpoint, stop (mid-phase)."""
   log: bool
+  sync: bool  # Every window written before going on (an evaluation, a checkpoint, the end).
   evaluate: bool
   checkpoint: bool
   stop: bool
@@ -299,7 +230,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
         f"{os.path.join(os.path.abspath(workdir), 'checkpoints')}")
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.Lock(workdir) if parallel.is_main_process() else None
-  run, failed = None, True
+  run, failed, started = None, True, time.perf_counter()
   try:
     run = _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_images,
                   resume_from_step, watch)
@@ -309,14 +240,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
         failed = False
         return _already_finished(run)
       _start_watching(run)
+      run.timings.seconds["start"] = time.perf_counter() - started
       while (phase := phase_at(run.plan, run.images_seen)) is not None:
         ended = _train_phase(run, phase)
         if not ended or run.stopped_by and run.images_seen < plan[-1].end:
+          run.background.wait()
           failed = False
           return _stopped(run)
         if run.stop_reached():
           break
       run.profiler.close(run.state)  # A trace still open ends once its steps are done.
+      run.background.wait()
     failed = False
   finally:
     _close(run)
@@ -344,6 +278,8 @@ def _folder_as_the_model_takes_it(config: TrainConfig, data_module) -> TrainConf
 def _close(run: _Run | None) -> None:
   if run is None:
     return
+  run.programs.close()  # Compiles not started yet are dropped; those under way finish.
+  run.background.shutdown()  # The pictures are drawn before the writers close.
   if run.bar is not None:
     run.bar.close()
   if run.profiler is not None:
@@ -376,29 +312,7 @@ def _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_image
                                    reached_preemption=ckpt.reached_preemption)
   optimizer = optimizer_for(config)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
-              *_steps_for(config, optimizer, mesh),
-              ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)
-
-
-# The jitted steps of this process's runs, by everything they are traced from.
-_STEPS: dict[tuple, tuple[Callable, Callable]] = {}
-
-
-def _steps_for(config: TrainConfig, optimizer, mesh) -> tuple[Callable, Callable]:
-  """The run's jitted train and eval steps, made once per process for each model, kind of
-  optimizer (its learning rate is in the state, not in the step), EMA, dtype and mesh.
-
-  A second run that shares these (the next seed or variant of an experiment, a notebook cell
-  run again) reuses the traces and executables of the first rather than tracing every stage
-  again. The builders are part of the key, so a test that wraps one gets its own steps.
-  """
-  key = (make_train_step, make_eval_step, config.model, config.ema_decay,
-         config.compute_dtype, tuple(sorted(optimizer_fields(config).items())), mesh)
-  if key not in _STEPS:
-    if len(_STEPS) >= 8:  # A sweep over many models keeps only the latest steps alive.
-      _STEPS.pop(next(iter(_STEPS)))
-    _STEPS[key] = make_train_step(config, optimizer, mesh), make_eval_step(config, mesh)
-  return _STEPS[key]
+              steps.programs_for(config, optimizer, mesh), ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)
 
 
 def _check_dataset(config: TrainConfig, plan: list[Phase], data_module) -> None:
@@ -451,6 +365,9 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
             "and the pictures are overwritten as phases end")
     ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
   run.log = MetricsLog(run.workdir, run.images_seen or None)
+  run.eval_batch = _eval_batch(run.held_out, run.mesh)
+  left = [p for p in run.plan if p.end > run.images_seen]
+  run.programs.compile_ahead(left, run.eval_batch.shape)
   run.clock = _TrainClock(seconds)
   run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
 
@@ -512,8 +429,9 @@ def _already_finished(run: _Run) -> RunResult:
   return RunResult(run.images_seen, None, [], None, [], run.state)
 
 
-def _phase_batches(run: _Run, phase: Phase) -> Iterator:
-  """The phase's training batches (this process's rows), at the resumed position if any."""
+def _phase_batches(run: _Run, phase: Phase) -> _DeviceBatches:
+  """The phase's training batches (this process's rows), at the resumed position if any,
+  placed on the devices a few steps ahead of the loop."""
   config = run.config
   iterator = run.data.batches(
       config.dataset, split="train", resolution=phase.resolution,
@@ -525,7 +443,57 @@ def _phase_batches(run: _Run, phase: Phase) -> Iterator:
     if phase_index == phase.index and run.images_seen > phase.start:
       iterator.set_state(ckpt_lib.decode_iterator_state(position, iterator))
     run.resume_data = None
-  return iterator
+  left = (phase.end - run.images_seen) // phase.batch_size
+  return _DeviceBatches(iterator, run.mesh, count=left)
+
+
+class _DeviceBatches:
+  """`count` batches of a data iterator, read by a thread that puts them on the devices
+  `ahead` steps before the loop takes them: the next batch is on its way while the device
+  trains.
+
+  `get_state()` is the position after the last batch handed out (what a checkpoint saves),
+  not the reader's, which is ahead of it.
+  """
+
+  def __init__(self, iterator, mesh, count: int, ahead: int = 2):
+    self._iterator, self._mesh, self._count = iterator, mesh, count
+    self._position = iterator.get_state()
+    self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+    self._closed = threading.Event()
+    self._reader = threading.Thread(target=self._read, name="progae-batches", daemon=True)
+    self._reader.start()
+
+  def _read(self) -> None:
+    for _ in range(self._count):
+      if self._closed.is_set():
+        return
+      try:
+        item = (parallel.global_batch(next(self._iterator), self._mesh),
+                self._iterator.get_state())
+      except Exception as e:  # Handed to the loop, which raises it.
+        item = (e, None)
+      while not self._closed.is_set():
+        try:
+          self._queue.put(item, timeout=0.05)
+          break
+        except queue.Full:
+          pass
+      if isinstance(item[0], BaseException):
+        return
+
+  def __next__(self) -> jax.Array:
+    batch, self._position = self._queue.get()
+    if isinstance(batch, BaseException):
+      raise batch
+    return batch
+
+  def get_state(self):
+    return self._position
+
+  def close(self) -> None:
+    self._closed.set()
+    self._reader.join()
 
 
 def _train_phase(run: _Run, phase: Phase) -> bool:
@@ -533,35 +501,46 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
 
   Returns False when the run stopped inside the phase (after checkpointing there).
   """
-  config, t0, last_train = run.config, time.perf_counter(), None
-  run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh)
-  iterator, window = _phase_batches(run, phase), _Window()
-  first_step = sum(p.steps for p in run.plan[:phase.index])  # The train state's step count.
-  while run.images_seen < phase.end:
-    before = run.images_seen
-    alpha = alpha_at(phase, before, config.alpha_ramp)
-    learning_rate = learning_rate_at(config, phase, before)  # Like alpha: resumes agree.
-    if learning_rate != phase.learning_rate:  # Inside the annealing (move_to_phase set it).
-      run.state = set_learning_rate(run.state, learning_rate)
-    batch = parallel.global_batch(next(iterator), run.mesh)
-    step = first_step + (before - phase.start) // phase.batch_size
-    with run.profiler.step(phase.resolution, step, run.state):
-      run.state, metrics = run.train_step(run.state, batch, np.float32(alpha))
-    window.pending.append((before, alpha, metrics))
-    window.images += phase.batch_size
-    run.images_seen += phase.batch_size
-    run.steps_run += 1
-    run.bar.update(phase.batch_size)
-    due = _due(run, phase, before, len(window.pending))
-    if due.log:
-      last_train, window = _log_window(run, phase, window, alpha), _Window()
-    if due.evaluate:
-      run.last_eval, _ = _evaluate_now(run, phase, alpha)
-    if due.checkpoint:
-      _save(run, phase, iterator)
-    if due.stop:
-      return False
-  _end_phase(run, phase, iterator, last_train, t0)
+  config, t0, last_train, timed = run.config, time.perf_counter(), None, run.timings
+  with timed("grow"):
+    run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh)
+  with timed("compile_wait"):
+    train_step = run.programs.train_step(phase)
+  batches, window, flushing = _phase_batches(run, phase), _Window(), None
+  step = sum(p.steps for p in run.plan[:phase.index])  # The train state's step count.
+  step += (run.images_seen - phase.start) // phase.batch_size
+  run.flushed_at = time.perf_counter()
+  try:
+    while run.images_seen < phase.end:
+      before = run.images_seen
+      alpha = alpha_at(phase, before, config.alpha_ramp)
+      learning_rate = learning_rate_at(config, phase, before)  # Like alpha: resumes agree.
+      if learning_rate != phase.learning_rate:  # Inside the annealing (move_to_phase set it).
+        run.state = set_learning_rate(run.state, learning_rate)
+      batch, step = next(batches), step + 1
+      with run.profiler.step(phase.resolution, step - 1, run.state):
+        run.state, metrics = train_step(run.state, batch, np.float32(alpha))
+      window.pending.append((step, before, alpha, metrics))
+      window.images += phase.batch_size
+      run.images_seen += phase.batch_size
+      run.steps_run += 1
+      run.bar.update(phase.batch_size)
+      due = _due(run, phase, before, len(window.pending))
+      if due.log:  # The window before this one is written while this one's metrics travel.
+        if flushing is not None:
+          last_train = _log_window(run, phase, flushing)
+        flushing, window = window.close(), _Window()
+        if due.sync:
+          last_train, flushing = _log_window(run, phase, flushing), None
+      if due.evaluate:
+        run.last_eval, _ = _evaluate_now(run, phase, alpha)
+      if due.checkpoint:
+        _save(run, phase, batches)
+      if due.stop:
+        return False
+    _end_phase(run, phase, batches, last_train, t0)
+  finally:
+    batches.close()
   return True
 
 
@@ -574,32 +553,35 @@ def _due(run: _Run, phase: Phase, before: int, window_steps: int) -> _Due:
   at_end = after >= phase.end
   evaluate = crossed(config.eval_every_images)
   checkpoint = crossed(config.checkpoint_every_images) or run.stop_reached()
-  return _Due(log=window_steps >= config.log_every_steps or at_end or evaluate or checkpoint,
+  sync = at_end or evaluate or checkpoint
+  return _Due(log=window_steps >= config.log_every_steps or sync, sync=sync,
               evaluate=evaluate and not at_end, checkpoint=checkpoint and not at_end,
               stop=run.stop_reached() and not at_end)
 
 
-def _log_window(run: _Run, phase: Phase, window: _Window, alpha: float) -> dict:
+def _log_window(run: _Run, phase: Phase, window: _Window) -> dict:
   """Brings the window's step metrics to the host, checks them, writes them; the last record
   also carries the training time and the window's speed. Returns that last record."""
-  records = _flush(window.pending, run.state, phase)
-  _check_finite(records, stage_of(run.state["params"]))
-  rate = window.images / max(time.perf_counter() - window.t0, 1e-9)
-  last = records[-1]
-  last["train_seconds"] = run.clock.seconds()
-  records[-1] = dict(last, images_per_s=rate)
-  for r in records:
-    run.log.write(r)
-    run.writers.train(r, learning_rate_at(run.config, phase, r["images_seen"] - phase.batch_size))
-  run.bar.set_postfix_str(f"{phase.name} a={alpha:.2f} loss={last['loss']:.4f} "
-                          f"psnr={last['psnr']:.1f}dB")
+  with run.timings("log"):
+    records = _records(window, phase)  # Waits for the window's steps.
+    _check_finite(records, stage_of(run.state["params"]))
+    now = time.perf_counter()
+    rate, run.flushed_at = window.images / max(now - run.flushed_at, 1e-9), now
+    records[-1] = dict(records[-1], train_seconds=run.clock.seconds(), images_per_s=rate)
+    for r in records:
+      run.log.write(r)
+      run.writers.train(r, learning_rate_at(run.config, phase,
+                                            r["images_seen"] - phase.batch_size))
+    last = records[-1]
+    run.bar.set_postfix_str(f"{phase.name} a={last['alpha']:.2f} loss={last['loss']:.4f} "
+                            f"psnr={last['psnr']:.1f}dB")
   return last
 
 
 def _evaluate_now(run: _Run, phase: Phase, alpha: float) -> tuple[dict, np.ndarray]:
   """Held-out metrics at `alpha`, logged; the clock is paused meanwhile."""
-  with run.clock.paused(run.state):
-    result, recon = _evaluate(run.eval_step, run.state, run.held_out, alpha, run.mesh)
+  with run.clock.paused(run.state), run.timings("evaluate"):
+    result, recon = _evaluate(run, Stage(phase.resolution, phase.fading), alpha)
   result.update(kind="eval", images_seen=run.images_seen, resolution=phase.resolution,
                 phase="fade" if phase.fading else "stable", alpha=alpha,
                 train_seconds=run.clock.seconds())
@@ -609,26 +591,58 @@ def _evaluate_now(run: _Run, phase: Phase, alpha: float) -> tuple[dict, np.ndarr
 
 
 def _save(run: _Run, phase: Phase, iterator, psnr: float | None = None) -> None:
-  with run.clock.paused(run.state):
+  with run.clock.paused(run.state), run.timings("checkpoint"):
     run.writers.flush()  # What precedes a checkpoint is on disk before it: a resume keeps it.
     meta = checkpoint_meta(run.config, run.state, phase, run.clock.seconds())
     run.ckpt.save(run.images_seen, run.state, meta, iterator, psnr=psnr)
 
 
 def _end_phase(run: _Run, phase: Phase, iterator, last_train: dict | None, t0: float) -> None:
-  """Evaluates at the phase's final alpha, saves its pictures, checkpoints (ranked by PSNR)."""
+  """Evaluates at the phase's final alpha, checkpoints (ranked by PSNR), and has the phase's
+  pictures drawn and its marker written in the background."""
   run.last_eval, recon = _evaluate_now(run, phase, 1.0)
-  if run.main:
-    from progae_jax import plots
-    held_out = to_resolution(run.held_out, phase.resolution)
-    run.pictures.append(_save_grid(plots, run.workdir, held_out, recon, phase))
   following = run.plan[phase.index + 1] if phase.index + 1 < len(run.plan) else None
-  run.writers.phase_end(phase, following, run.pictures[-1] if run.main else None)
+  if run.main:
+    held_out = to_resolution(run.held_out, phase.resolution)
+    run.pictures.append(_grid_path(run.workdir, phase))
+    run.background.submit(_draw_phase_end, run, phase, following, held_out, recon)
+  else:
+    run.writers.phase_end(phase, following, None)
   _save(run, phase, iterator, psnr=run.last_eval["psnr"])
   run.summary.append({"phase": phase.name, "images": phase.end - phase.start,
                       "train_loss": last_train["loss"] if last_train else float("nan"),
                       "eval_psnr": run.last_eval["psnr"], "eval_ssim": run.last_eval["ssim"],
                       "seconds": time.perf_counter() - t0})
+
+
+def _draw_phase_end(run: _Run, phase: Phase, following, held_out, recon) -> None:
+  """The phase's reconstruction grid (matplotlib, in the background thread) and its marker."""
+  from progae_jax import plots
+  with run.timings("pictures"):
+    count = min(16, len(recon))
+    plots.save_reconstructions(_grid_path(run.workdir, phase), held_out[:count], recon[:count],
+                               title=f"{phase.name}, held-out images")
+    run.writers.phase_end(phase, following, _grid_path(run.workdir, phase))
+
+
+class _Background:
+  """One thread for what the loop need not wait for (the pictures, the writers' phase ends);
+  `wait` waits for all of it and raises the first error it met."""
+
+  def __init__(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="progae-pictures")
+    self._futures: list[concurrent.futures.Future] = []
+
+  def submit(self, fn, *args) -> None:
+    self._futures.append(self._pool.submit(fn, *args))
+
+  def wait(self) -> None:
+    futures, self._futures = self._futures, []
+    for f in futures:
+      f.result()
+
+  def shutdown(self) -> None:
+    self._pool.shutdown(wait=True)
 
 
 def _stopped(run: _Run) -> RunResult:
@@ -640,22 +654,24 @@ def _stopped(run: _Run) -> RunResult:
     print(f"{why} at {run.images_seen:,} images, checkpoint saved in {run.ckpt.directory}; "
           "run the same command again to resume", flush=True)
   return RunResult(run.images_seen, run.last_eval, run.pictures, None, run.summary, run.state,
-                   run.stopped_by)
+                   run.stopped_by, dict(run.timings.seconds))
 
 
 def _finish(run: _Run) -> RunResult:
   """The curves of the whole run and, with progress on, its summary table."""
   curves = None
-  if run.main:
-    from progae_jax import plots
-    records = run.log.read()
-    boundaries = [(p.start, p.name) for p in run.plan if p.start > 0]
-    curves = plots.save_curves(os.path.join(run.workdir, "curves.png"),
-                               [r for r in records if r["kind"] == "train"],
-                               [r for r in records if r["kind"] == "eval"], boundaries)
-    if run.progress:
-      _print_summary(run.summary, run.last_eval, run.pictures, curves)
-  return RunResult(run.images_seen, run.last_eval, run.pictures, curves, run.summary, run.state)
+  with run.timings("finish"):
+    if run.main:
+      from progae_jax import plots
+      records = run.log.read()
+      boundaries = [(p.start, p.name) for p in run.plan if p.start > 0]
+      curves = plots.save_curves(os.path.join(run.workdir, "curves.png"),
+                                 [r for r in records if r["kind"] == "train"],
+                                 [r for r in records if r["kind"] == "eval"], boundaries)
+      if run.progress:
+        _print_summary(run.summary, run.last_eval, run.pictures, curves)
+  return RunResult(run.images_seen, run.last_eval, run.pictures, curves, run.summary, run.state,
+                   timings=dict(run.timings.seconds))
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
@@ -665,15 +681,13 @@ def _progress_bar(total: int, initial: int, enabled: bool):
               mininterval=1.0)
 
 
-def _flush(pending, state, phase) -> list[dict]:
-  """Brings a window of step metrics to the host (one sync per window, not per step)."""
-  host = jax.device_get([m for _, _, m in pending])
-  step = int(jax.device_get(state["step"]))
-  first = step - len(pending) + 1
-  return [{"kind": "train", "step": first + i, "images_seen": seen + phase.batch_size,
+def _records(window: _Window, phase: Phase) -> list[dict]:
+  """A window of step metrics on the host (one wait per window, not per step)."""
+  host = jax.device_get([m for *_, m in window.pending])
+  return [{"kind": "train", "step": step, "images_seen": seen + phase.batch_size,
            "resolution": phase.resolution, "phase": "fade" if phase.fading else "stable",
            "alpha": alpha, **{k: float(v) for k, v in m.items()}}
-          for i, ((seen, alpha, _), m) in enumerate(zip(pending, host))]
+          for (step, seen, alpha, _), m in zip(window.pending, host)]
 
 
 def _eval_params(state: State):
@@ -687,26 +701,25 @@ def _local_rows(images: np.ndarray) -> np.ndarray:
   return images[i * per:(i + 1) * per]
 
 
-def _gather(tree, mesh):
-  """Sharded arrays, whole on every process's host (a collective: every process calls it)."""
-  return jax.device_get(jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))(tree))
-
-
-def _evaluate(eval_step, state, images: np.ndarray, alpha: float, mesh):
-  """Held-out metrics (means over the images) and the reconstructions of those images."""
+def _eval_batch(images: np.ndarray, mesh) -> jax.Array:
+  """The held-out images on the devices, once per run, split over them (as many as divide)."""
   usable = len(images) - len(images) % (mesh.devices.size * jax.process_count())
-  batch = parallel.global_batch(_local_rows(images[:usable]), mesh)
-  per_image, recon = _gather(eval_step(_eval_params(state), batch, np.float32(alpha)), mesh)
+  return parallel.global_batch(_local_rows(images[:usable]), mesh)
+
+
+def _evaluate(run: _Run, stage: Stage, alpha: float):
+  """Held-out metrics (means over the images) and the reconstructions of those images."""
+  with run.timings("compile_wait"):
+    eval_step = run.programs.eval_step(stage, run.eval_batch.shape)
+  per_image, recon = jax.device_get(
+      eval_step(_eval_params(run.state), run.eval_batch, np.float32(alpha)))
   return {k: float(np.mean(v)) for k, v in per_image.items()}, recon
 
 
-def _save_grid(plots, workdir, images, recon, phase, count: int = 16) -> str:
-  """The first held-out images above their reconstructions, from the phase's last evaluation."""
-  count = min(count, len(recon))
+def _grid_path(workdir: str, phase: Phase) -> str:
   name = f"recon_{phase.index:02d}_{phase.resolution}x{phase.resolution}_" \
          f"{'fade' if phase.fading else 'stable'}.png"
-  return plots.save_reconstructions(os.path.join(workdir, "pictures", name), images[:count],
-                                    recon[:count], title=f"{phase.name}, held-out images")
+  return os.path.join(workdir, "pictures", name)
 
 
 def _print_summary(summary, last_eval, pictures, curves) -> None:

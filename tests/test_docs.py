@@ -13,7 +13,7 @@ Mechanical, so that a page and the code cannot drift apart unnoticed:
   in one namespace, in a fresh directory; a block that trains gets a tiny model, a few images
   and a stop after 4x4 (`train.train_and_evaluate` shrinks the config it is given). Every
   page's Python blocks must compile and name only what progae_jax has;
-* names in inline code (`train.make_train_step`, `progae_jax/growth.py`, `show_growth.py`)
+* names in inline code (`steps.make_train_step`, `progae_jax/growth.py`, `show_growth.py`)
   exist in the code;
 * the growth printout in the README is the real output of experiments/show_growth.py;
 * links and pictures resolve inside the repository (anchors included), nothing refers to
@@ -389,7 +389,7 @@ def _progae_modules() -> set[str]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_function_and_file_named_in_the_text_exists(page):
-  """`train.make_train_step`, `parallel.global_batch()`, `progae_jax/growth.py`, ...: the
+  """`steps.make_train_step`, `parallel.global_batch()`, `progae_jax/growth.py`, ...: the
   names a page gives in inline code are the code's names."""
   modules, missing = _progae_modules(), []
   for code in inline(page, "code_inline"):

@@ -235,7 +235,7 @@ if __name__ != "__main__":
   import numpy as np
   import pytest
 
-  from progae_jax import checkpoint, data, optim, parallel, train, train_state
+  from progae_jax import checkpoint, data, optim, parallel, steps, train, train_state
 
   @pytest.fixture(scope="module")
   def runs(tmp_path_factory, data_dir):
@@ -396,7 +396,7 @@ if __name__ != "__main__":
       config = dataclasses.replace(base, compute_dtype=dtype)
       optimizer = optim.make_optimizer(3e-3)
       state = train_state.init_state(config, optimizer, mesh)
-      step = train.make_train_step(config, optimizer, mesh)
+      step = steps.make_train_step(config, optimizer, mesh)
       hlo = step.lower(state, parallel.global_batch(batches[0], mesh), np.float32(1)).as_text()
       assert ("bf16" in hlo) == (dtype == "bfloat16")  # The convolutions really are bf16.
       out = []

@@ -3,30 +3,37 @@
 import json
 import logging
 import os
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from progae_jax import (ModelConfig, apply, checkpoint, data, downsample, optim, parallel,
-                        stage_of, train, train_state)
+                        stage_of, steps, train, train_state)
 from progae_jax.schedule import TrainConfig, alpha_at, phases
 
 from conftest import tiny_config
 
-_compiles = []
+_compiles = []  # The thread of every backend compile of this process.
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, secs, **kw: _compiles.append(event)
+    lambda event, secs, **kw: _compiles.append(threading.current_thread().name)
     if event == "/jax/core/compile/backend_compile_duration" else None)
 
 
+def _compiles_in_loop() -> int:
+  """Backend compiles the training loop waited for: those on the main thread."""
+  return sum(name == threading.main_thread().name for name in _compiles)
+
+
 class _Recording:
-  """The real data layer, noting the backend compile count whenever a batch is fetched."""
+  """The real data layer, noting every batch it serves."""
 
   def __init__(self, poison_at=None):
-    self.fetches, self.poison_at, self.served = [], poison_at, 0
+    self.poison_at, self.served = poison_at, 0
     self.served_batches = []  # Every batch served, in order.
     self.alphas = []  # The alpha of every train step, as the step received it.
+    self.loop_compiles = []  # `_compiles_in_loop()` at every train step.
 
   def dataset_info(self, *a, **k):
     return data.dataset_info(*a, **k)
@@ -39,7 +46,6 @@ class _Recording:
 
     class It:
       def __next__(self):
-        outer.fetches.append((k["resolution"], len(_compiles)))
         batch = next(inner)
         outer.served += 1
         if outer.poison_at is not None and outer.served > outer.poison_at:
@@ -67,7 +73,8 @@ def run(data_dir, tmp_path_factory):
   jax.config.update("jax_log_compiles", True)
   try:
     with pytest.MonkeyPatch.context() as patch:
-      patch.setattr(train, "make_train_step", _alpha_noting(train.make_train_step, recorder))
+      patch.setattr(steps.Programs, "train_step",
+                    _alpha_noting(steps.Programs.train_step, recorder))
       result = train.train_and_evaluate(config, workdir, progress=False, data_module=recorder)
   finally:
     jax.config.update("jax_log_compiles", False)
@@ -75,16 +82,18 @@ def run(data_dir, tmp_path_factory):
   return config, workdir, result, recorder, handler.train_step_compiles
 
 
-def _alpha_noting(make_train_step, recorder):
-  """`make_train_step` whose steps note, in `recorder.alphas`, the alpha they are given."""
-  def make(*args, **kwargs):
-    step = make_train_step(*args, **kwargs)
+def _alpha_noting(train_step_of, recorder):
+  """`Programs.train_step` whose programs note, in `recorder`, the alpha they are given and
+  the compiles the loop has waited for so far."""
+  def train_step(programs, phase):
+    program = train_step_of(programs, phase)
 
     def noting(state, batch, alpha):
       recorder.alphas.append(float(alpha))
-      return step(state, batch, alpha)
+      recorder.loop_compiles.append(_compiles_in_loop())
+      return program(state, batch, alpha)
     return noting
-  return make
+  return train_step
 
 
 class _CompileLog(logging.Handler):
@@ -168,10 +177,11 @@ def test_train_step_compiles_once_per_phase_and_never_during_a_fade(run):
   _, _, _, recorder, train_step_compiles = run
   assert train_step_compiles == 3  # 4x4 stable, 8x8 fade, 8x8 stable
   by_phase = {}
-  for i, (resolution, compiles) in enumerate(recorder.fetches):
+  for i, compiles in enumerate(recorder.loop_compiles):
     by_phase.setdefault(i // 8, []).append(compiles)
+  assert len(by_phase) == 3
   for phase, counts in by_phase.items():
-    # From the second batch on, nothing in the phase compiled anything.
+    # From the second step on, the loop waited for no compile in the phase.
     assert counts[1] == counts[-1], (phase, counts)
 
 
@@ -243,7 +253,7 @@ def test_microbatches_give_the_same_step(data_dir):
   results = []
   for microbatches in (1, 4):
     state = train_state.init_state(config, opt, mesh)
-    step = train.make_train_step(config, opt, mesh, microbatches=microbatches)
+    step = steps.make_train_step(config, opt, mesh, microbatches=microbatches)
     for _ in range(2):
       state, metrics = step(state, batch, np.float32(1.0))
     results.append((jax.device_get(state["params"]), float(metrics["loss"])))
@@ -262,9 +272,9 @@ def test_a_second_run_in_the_process_reuses_the_steps_and_trains_the_same(data_d
     traced.append(None)
     return train_step(*args, **kwargs)
 
-  train_step = train._train_step
-  monkeypatch.setattr(train, "_train_step", noting_trace)
-  monkeypatch.setattr(train, "_STEPS", {})
+  train_step = steps._train_step
+  monkeypatch.setattr(steps, "_train_step", noting_trace)
+  monkeypatch.setattr(steps, "_PROGRAMS", {})
   config = tiny_config(data_dir, fade_images=32, stable_images=32)
   first = train.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
   assert len(traced) == 3  # 4x4 stable, 8x8 fade, 8x8 stable.
@@ -274,9 +284,9 @@ def test_a_second_run_in_the_process_reuses_the_steps_and_trains_the_same(data_d
     np.testing.assert_array_equal(a, b)
   # What the steps are made from, and nothing else, tells them apart.
   mesh = parallel.make_mesh()
-  steps = lambda c: train._steps_for(c, optim.optimizer_for(c), mesh)
+  programs = lambda c: steps.programs_for(c, optim.optimizer_for(c), mesh)
   other_run = tiny_config(data_dir, fade_images=64, learning_rate=1e-3, seed=3)
-  assert steps(other_run) is steps(config)
-  for other_steps in (tiny_config(data_dir, model={"channels": {"4": 8, "8": 8}, "latent_dim": 4}),
-                      tiny_config(data_dir, adam_b2=0.99), tiny_config(data_dir, ema_decay=None)):
-    assert steps(other_steps) is not steps(config)
+  assert programs(other_run) is programs(config)
+  for other in (tiny_config(data_dir, model={"channels": {"4": 8, "8": 8}, "latent_dim": 4}),
+                tiny_config(data_dir, adam_b2=0.99), tiny_config(data_dir, ema_decay=None)):
+    assert programs(other) is not programs(config)
