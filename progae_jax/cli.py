@@ -80,6 +80,12 @@ def _train_parser(sub) -> None:
   p.add_argument("--checkpoint-every-images", type=_positive_int)
   p.add_argument("--keep-checkpoints", type=_positive_int)
   p.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
+  p.add_argument("--deterministic", action="store_true", default=None,
+                 help="deterministic GPU kernels: the same bits on every run (slower; see "
+                      "progae_jax/compilation.py)")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="do not keep compiled programs in the per-user cache (default: "
+                      "$PROGAE_COMPILE_CACHE, else ~/.cache/progae_jax/xla)")
   p.add_argument("--restart", action="store_true",
                  help="ignore (and replace) the work directory's checkpoints")
   p.add_argument("--stop-after-images", type=_positive_int,
@@ -170,7 +176,7 @@ def config_from_fields(fields: dict) -> "TrainConfig":
 # Flags named like the TrainConfig field they set; the stage ones set every stage.
 _FLAG_FIELDS = ("dataset", "data_dir", "seed", "optimizer_on_growth", "alpha_ramp", "ema_decay",
                 "eval_every_images", "checkpoint_every_images", "keep_checkpoints",
-                "compute_dtype")
+                "compute_dtype", "deterministic")
 _STAGE_FLAGS = ("batch_size", "fade_images", "stable_images", "learning_rate")
 
 
@@ -207,12 +213,23 @@ def _set_up_cpu(args, config) -> None:
     print(f"progae train: warning: {warning}", file=sys.stderr)
 
 
+def _set_up_compiler(args, config) -> None:
+  """The compilation cache (unless turned off) and deterministic kernels (if asked for),
+  before JAX's backend starts."""
+  from progae_jax import compilation
+  if config.deterministic:
+    compilation.request_deterministic()
+  if not args.no_compile_cache:
+    compilation.enable_cache()
+
+
 def cmd_train(args) -> int:
   from progae_jax import parallel, preemption, train
   from progae_jax.schedule import phases
 
   config = build_config(args)
   watch = _watch(args, config)
+  _set_up_compiler(args, config)
   _set_up_cpu(args, config)
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   workdir = args.workdir if args.workdir is not None else os.path.join(

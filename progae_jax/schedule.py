@@ -89,6 +89,10 @@ class TrainConfig:
   keep_checkpoints: int = 2
   # Compute dtype of the model ('float32' or 'bfloat16'); parameters stay float32.
   compute_dtype: str = "float32"
+  # Deterministic GPU kernels (XLA's --xla_gpu_deterministic_ops): the same bits on every run
+  # of a config. Set before JAX starts (`progae train --deterministic`; compilation.py); the
+  # CPU's kernels are deterministic already.
+  deterministic: bool = False
   # Seed of initialisation, growth and data order.
   seed: int = 0
 
@@ -119,6 +123,7 @@ class TrainConfig:
                 "must be in (0, 1) or None")
     check_field(self, "compute_dtype", self.compute_dtype in ("float32", "bfloat16"),
                 "must be 'float32' or 'bfloat16'")
+    check_field(self, "deterministic", isinstance(self.deterministic, bool), "must be a bool")
     check_ints(self, ("eval_every_images", "eval_images", "log_every_steps",
                       "checkpoint_every_images", "keep_checkpoints"), 1)
     check_ints(self, ("seed", "anneal_images"), 0)

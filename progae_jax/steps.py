@@ -3,13 +3,14 @@
     train_step(state, batch, alpha) -> (state', metrics)    state donated; batch split on "data"
     eval_step(params, images, alpha) -> (per-image metrics, reconstructions)
 
-A run needs one train and one eval program per phase: the stage is the shape of the state,
-and alpha is traced, so a whole fade is one program. A phase on an accelerator can train for
+A run needs one train and one eval program per phase (the stage is the shape of the state,
+and alpha is traced, so a whole fade is one program), and one growth program per step along
+the road of stages (train_state.py). A phase on an accelerator can train for
 less time than its program takes to compile, so `Programs` compiles every phase's programs
 ahead, in background threads, as soon as the run knows its plan:
 
-    main thread:    compile 4x4 | train 4x4 stable | train 8x8 fade | train 8x8 stable | ...
-    compile threads:            | 8x8 fade, 8x8 stable, 16x16 fade, ...  (each ready in time)
+    main thread:    compile 4x4 | train 4x4 stable | grow, train 8x8 fade | train 8x8 stable
+    compile threads:            | grow to 8x8, 8x8 fade, 8x8 stable, 16x16 ... (ready in time)
 
 `jit(f).lower(abstract arguments).compile()` builds the executable a first call would build
 (the tests compare the trained bits); the loop calls that executable itself, since a plain
@@ -38,7 +39,8 @@ from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
 from progae_jax.optim import optimizer_fields
 from progae_jax.schedule import Phase, TrainConfig
-from progae_jax.train_state import State, abstract_state
+from progae_jax.train_state import (State, abstract_state, make_advance_state, next_stage,
+                                    stages_between)
 
 
 def psnr_from_mse(mse):
@@ -171,17 +173,26 @@ class Programs:
     self._config, self._optimizer, self._mesh = config, optimizer, mesh
     self.jitted_train = make_train_step(config, optimizer, mesh)
     self.jitted_eval = make_eval_step(config, mesh)
+    self.jitted_advance = make_advance_state(config, optimizer, mesh)
     self._threads = threads or compile_threads()
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self._programs: dict[tuple, concurrent.futures.Future] = {}
     self._lock = threading.Lock()
 
-  def compile_ahead(self, plan: list[Phase], eval_shape: tuple[int, ...] | None) -> None:
-    """Starts compiling the programs of every phase in `plan`, the first phase's first."""
+  def compile_ahead(self, plan: list[Phase], eval_shape: tuple[int, ...] | None,
+                    start: Stage | None = None) -> None:
+    """Starts compiling the programs of every phase in `plan` in the order they are needed:
+    the growth that leads to a phase (from `start`, the state's stage, for the first), its
+    train step, its eval step."""
+    stage = start
     for phase in plan:
+      target = Stage(phase.resolution, phase.fading)
+      for along in stages_between(stage, target) if stage is not None else ():
+        self._program(*self._advance_args(along))
       self._program(*self._train_args(phase))
       if eval_shape is not None:
-        self._program(*self._eval_args(Stage(phase.resolution, phase.fading), eval_shape))
+        self._program(*self._eval_args(target, eval_shape))
+      stage = target
 
   def train_step(self, phase: Phase) -> Callable:
     """The phase's compiled `train_step(state, batch, alpha)`."""
@@ -190,6 +201,10 @@ class Programs:
   def eval_step(self, stage: Stage, shape: tuple[int, ...]) -> Callable:
     """The stage's compiled `eval_step(params, images, alpha)` for images of `shape`."""
     return self._program(*self._eval_args(stage, shape)).result()
+
+  def advance_step(self, stage: Stage) -> Callable:
+    """The compiled `advance(state)` of a state at `stage`: one step along the road."""
+    return self._program(*self._advance_args(stage)).result()
 
   def close(self) -> None:
     """Drops the compiles not started yet (a stopped run); those under way finish."""
@@ -213,6 +228,9 @@ class Programs:
                                   sharding=parallel.data_sharding(self._mesh))
     return ("eval", stage, tuple(shape)), self.jitted_eval, (params, images)
 
+  def _advance_args(self, stage: Stage):
+    return ("advance", stage), self.jitted_advance, (self._state(stage),)
+
   def _state(self, stage: Stage) -> State:
     return abstract_state(self._config, stage, self._optimizer, self._mesh)
 
@@ -227,12 +245,13 @@ class Programs:
 
 
 def _compile(jitted, args: tuple) -> Callable:
-  """`jitted` compiled for `args` (abstract) and a float32 alpha; a stand-in without `lower`
-  (a test's wrapper) is returned as it is."""
+  """`jitted` compiled for `args` (abstract; a train or eval step also takes a float32
+  alpha); a stand-in without `lower` (a test's wrapper) is returned as it is."""
   if not hasattr(jitted, "lower"):
     return jitted
-  alpha = jax.ShapeDtypeStruct((), jnp.float32)
-  return jitted.lower(*args, alpha).compile()
+  if len(args) == 2:
+    args = (*args, jax.ShapeDtypeStruct((), jnp.float32))
+  return jitted.lower(*args).compile()
 
 
 # This process's programs, by everything they are traced from.

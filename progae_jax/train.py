@@ -38,8 +38,9 @@ import jax
 import numpy as np
 
 from progae_jax import checkpoint as ckpt_lib
-from progae_jax import config_files, parallel, preemption, steps, writers
+from progae_jax import compilation, config_files, parallel, preemption, steps, writers
 from progae_jax import workdir as workdir_lib
+from progae_jax.config import MIN_RESOLUTION
 from progae_jax.metrics_log import MetricsLog
 from progae_jax.model import Stage, stage_of
 from progae_jax.ops import to_resolution
@@ -113,7 +114,7 @@ class RunResult:
   summary: list[dict]
   state: State
   stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run.
-  timings: dict | None = None  # Wall seconds by what they were spent on (`Timings.KINDS`).
+  timings: Timings | None = None  # Wall seconds by what they were spent on.
 
 
 @dataclasses.dataclass
@@ -174,13 +175,16 @@ class _Window:
 
 class Timings:
   """Wall seconds of a run by what they were spent on (`RunResult.timings`): where the time
-  goes that is not training steps. `compile_wait` is the loop waiting for a program."""
+  goes besides the training steps. `compile_wait` is the loop waiting for a program compiled
+  in the background; `pictures` runs in its own thread, beside the loop. `events` holds
+  (end, kind, seconds) of every timed span, with `time.perf_counter()` ends."""
 
-  KINDS = ("start", "compile_wait", "grow", "train", "log", "evaluate", "pictures",
-           "checkpoint", "finish")
+  KINDS = ("start", "grow", "compile_wait", "log", "evaluate", "checkpoint", "pictures",
+           "finish")
 
   def __init__(self):
     self.seconds = dict.fromkeys(self.KINDS, 0.0)
+    self.events: list[tuple[float, str, float]] = []
 
   @contextlib.contextmanager
   def __call__(self, kind: str):
@@ -188,7 +192,13 @@ class Timings:
     try:
       yield
     finally:
-      self.seconds[kind] += time.perf_counter() - t
+      end = time.perf_counter()
+      self.seconds[kind] += end - t
+      self.events.append((end, kind, end - t))
+
+  def mark(self, kind: str) -> None:
+    """An instant worth finding in `events` (a phase's end)."""
+    self.events.append((time.perf_counter(), kind, 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +251,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
         return _already_finished(run)
       _start_watching(run)
       run.timings.seconds["start"] = time.perf_counter() - started
+      run.timings.mark("started")
       while (phase := phase_at(run.plan, run.images_seen)) is not None:
         ended = _train_phase(run, phase)
         if not ended or run.stopped_by and run.images_seen < plan[-1].end:
@@ -295,6 +306,7 @@ def _check_run(config, plan, mesh, data_module, restart, resume_from_step) -> No
     raise ValueError("--restart starts afresh, --resume-from-step resumes: give one of them")
   if not isinstance(config.seed, int) or config.seed < 0:
     raise ValueError(f"seed must be a non-negative integer, got {config.seed!r}")
+  compilation.check_deterministic(config.deterministic)
   for p in plan:
     parallel.check_batch_size(p.batch_size, mesh)
   _check_dataset(config, plan, data_module)
@@ -341,17 +353,20 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
     raise ckpt_lib.CheckpointError(f"--resume-from-step {run.resume_from_step}: there is no "
                                    f"checkpoint in {ckpt.directory}")
   resuming = bool(ckpt.steps()) and not restart
+  run.held_out = run.data.eval_images(
+      config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
+      data_dir=config.data_dir, **config.dataset_options)
+  run.eval_batch = _eval_batch(run.held_out, run.mesh)
   if resuming:
     restored = _restore_for_resume(run)
     run.state, run.images_seen = restored.state, restored.meta["images_seen"]
     if restored.data_state is not None:
       run.resume_data = (restored.meta["phase_index"], restored.data_state)
     seconds = restored.meta.get("train_seconds", 0.0)
+    _compile_ahead(run, stage_of(run.state["params"]))
   else:
+    _compile_ahead(run, Stage(MIN_RESOLUTION, False))  # Meanwhile the state is made.
     run.state = init_state(config, run.optimizer, run.mesh)
-  run.held_out = run.data.eval_images(
-      config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
-      data_dir=config.data_dir, **config.dataset_options)
   if resuming:
     replaced = ckpt.delete_after(run.images_seen)
     if run.main:
@@ -365,11 +380,14 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
             "and the pictures are overwritten as phases end")
     ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
   run.log = MetricsLog(run.workdir, run.images_seen or None)
-  run.eval_batch = _eval_batch(run.held_out, run.mesh)
-  left = [p for p in run.plan if p.end > run.images_seen]
-  run.programs.compile_ahead(left, run.eval_batch.shape)
   run.clock = _TrainClock(seconds)
   run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
+
+
+def _compile_ahead(run: _Run, stage: Stage) -> None:
+  """Starts compiling, in the background, every program the phases left will need."""
+  left = [p for p in run.plan if p.end > run.images_seen]
+  run.programs.compile_ahead(left, run.eval_batch.shape, start=stage)
 
 
 def _start_watching(run: _Run) -> None:
@@ -502,8 +520,8 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   Returns False when the run stopped inside the phase (after checkpointing there).
   """
   config, t0, last_train, timed = run.config, time.perf_counter(), None, run.timings
-  with timed("grow"):
-    run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh)
+  run.state = move_to_phase(run.state, phase, config, run.optimizer, run.mesh,
+                            advance=lambda state: _advance(run, state))
   with timed("compile_wait"):
     train_step = run.programs.train_step(phase)
   batches, window, flushing = _phase_batches(run, phase), _Window(), None
@@ -542,6 +560,14 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   finally:
     batches.close()
   return True
+
+
+def _advance(run: _Run, state: State) -> State:
+  """One step along the road of stages, by its program compiled ahead."""
+  with run.timings("compile_wait"):
+    advance = run.programs.advance_step(stage_of(state["params"]))
+  with run.timings("grow"):
+    return advance(state)
 
 
 def _due(run: _Run, phase: Phase, before: int, window_steps: int) -> _Due:
@@ -600,6 +626,7 @@ def _save(run: _Run, phase: Phase, iterator, psnr: float | None = None) -> None:
 def _end_phase(run: _Run, phase: Phase, iterator, last_train: dict | None, t0: float) -> None:
   """Evaluates at the phase's final alpha, checkpoints (ranked by PSNR), and has the phase's
   pictures drawn and its marker written in the background."""
+  run.timings.mark("phase_end")
   run.last_eval, recon = _evaluate_now(run, phase, 1.0)
   following = run.plan[phase.index + 1] if phase.index + 1 < len(run.plan) else None
   if run.main:
@@ -654,7 +681,7 @@ def _stopped(run: _Run) -> RunResult:
     print(f"{why} at {run.images_seen:,} images, checkpoint saved in {run.ckpt.directory}; "
           "run the same command again to resume", flush=True)
   return RunResult(run.images_seen, run.last_eval, run.pictures, None, run.summary, run.state,
-                   run.stopped_by, dict(run.timings.seconds))
+                   run.stopped_by, run.timings)
 
 
 def _finish(run: _Run) -> RunResult:
@@ -671,7 +698,7 @@ def _finish(run: _Run) -> RunResult:
       if run.progress:
         _print_summary(run.summary, run.last_eval, run.pictures, curves)
   return RunResult(run.images_seen, run.last_eval, run.pictures, curves, run.summary, run.state,
-                   timings=dict(run.timings.seconds))
+                   timings=run.timings)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -76,15 +76,33 @@ def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> 
   return new
 
 
-def advance_state(state: State, config: TrainConfig, optimizer, mesh) -> State:
-  """Grows (stable -> next fade) or finishes the fade (fade -> stable), one step along.
-
-  Runs under `jax.jit` with the mesh's shardings as output, so the grown tree is created on
-  the devices, already placed, without a trip through the host.
-  """
+def make_advance_state(config: TrainConfig, optimizer, mesh) -> Callable[[State], State]:
+  """`advance(state)`, jitted: grows (stable -> next fade) or finishes the fade (fade ->
+  stable), one step along. The mesh's shardings are its output's, so the grown tree is
+  created on the devices, already placed, without a trip through the host."""
   fn = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
                          policy=config.optimizer_on_growth)
-  return jax.jit(fn, out_shardings=parallel.state_sharding(mesh), donate_argnums=0)(state)
+  return jax.jit(fn, out_shardings=parallel.state_sharding(mesh), donate_argnums=0)
+
+
+def advance_state(state: State, config: TrainConfig, optimizer, mesh) -> State:
+  """The state one step along the road (see `make_advance_state`)."""
+  return make_advance_state(config, optimizer, mesh)(state)
+
+
+def next_stage(stage: Stage) -> Stage:
+  """The stage one step along the road: a fade's stable stage, or the next resolution's fade."""
+  return Stage(stage.resolution, False) if stage.fading else Stage(stage.resolution * 2, True)
+
+
+def stages_between(start: Stage, target: Stage) -> list[Stage]:
+  """The stages the road passes from `start` (included) to `target` (excluded): where the
+  state is advanced on its way."""
+  out = []
+  while _order(start) < _order(target):
+    out.append(start)
+    start = next_stage(start)
+  return out
 
 
 def _order(stage: Stage) -> tuple[int, bool]:
@@ -106,9 +124,13 @@ def grow_to(state: State, target: Stage, config: TrainConfig, optimizer, mesh) -
   return _walk_to(state, target, lambda s: advance_state(s, config, optimizer, mesh))
 
 
-def move_to_phase(state: State, phase: Phase, config: TrainConfig, optimizer, mesh) -> State:
-  """Changes the tree until its stage is the phase's, then sets the phase's learning rate."""
-  state = grow_to(state, Stage(phase.resolution, phase.fading), config, optimizer, mesh)
+def move_to_phase(state: State, phase: Phase, config: TrainConfig, optimizer, mesh, *,
+                  advance: Callable[[State], State] | None = None) -> State:
+  """Changes the tree until its stage is the phase's, then sets the phase's learning rate.
+  `advance` (one step along the road) defaults to `advance_state`; the training loop passes
+  its programs compiled ahead."""
+  advance = advance or (lambda s: advance_state(s, config, optimizer, mesh))
+  state = _walk_to(state, Stage(phase.resolution, phase.fading), advance)
   return set_learning_rate(state, phase.learning_rate)
 
 

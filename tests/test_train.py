@@ -290,3 +290,79 @@ def test_a_second_run_in_the_process_reuses_the_steps_and_trains_the_same(data_d
   for other in (tiny_config(data_dir, model={"channels": {"4": 8, "8": 8}, "latent_dim": 4}),
                 tiny_config(data_dir, adam_b2=0.99), tiny_config(data_dir, ema_decay=None)):
     assert programs(other) is not programs(config)
+
+
+def test_programs_compiled_ahead_train_the_same_bits_as_a_plain_jitted_call(data_dir, tmp_path,
+                                                                            monkeypatch):
+  """The executables compiled in background threads are the ones a first call compiles."""
+  config = tiny_config(data_dir, fade_images=32, stable_images=32)
+  monkeypatch.setattr(steps, "_PROGRAMS", {})
+  ahead = train.train_and_evaluate(config, str(tmp_path / "ahead"), progress=False)
+  monkeypatch.setattr(steps, "_PROGRAMS", {})
+  monkeypatch.setattr(steps, "_compile", lambda jitted, args: jitted)  # Called as jitted.
+  called = train.train_and_evaluate(config, str(tmp_path / "called"), progress=False)
+  for a, b in zip(jax.tree_util.tree_leaves(ahead.state), jax.tree_util.tree_leaves(called.state)):
+    np.testing.assert_array_equal(a, b)
+  assert ahead.final_eval["psnr"] == called.final_eval["psnr"]
+
+
+def test_the_loop_brings_nothing_to_the_host_between_log_windows(data_dir, tmp_path,
+                                                                 monkeypatch):
+  """No array is read back to the host, nor waited for, anywhere in the loop except where a
+  window is written, an evaluation or checkpoint is made, or a phase or the run ends (JAX's
+  transfer guard does not see reads on the CPU, whose arrays are in host memory already)."""
+  allowed = threading.local()
+  reads = []
+
+  def refusing(method):
+    def read(self, *args, **kwargs):
+      if threading.current_thread() is threading.main_thread() and not getattr(
+          allowed, "on", False):
+        reads.append(method.__name__)
+        raise AssertionError(f"the loop read an array to the host ({method.__name__})")
+      return method(self, *args, **kwargs)
+    return read
+
+  def allowing(fn):
+    def call(*args, **kwargs):
+      before, allowed.on = getattr(allowed, "on", False), True
+      try:
+        return fn(*args, **kwargs)
+      finally:
+        allowed.on = before
+    return call
+
+  from jax._src import array
+  value = array.ArrayImpl._value.fget
+  monkeypatch.setattr(array.ArrayImpl, "_value", property(refusing(value)))
+  for name in ("__array__", "item", "block_until_ready"):
+    monkeypatch.setattr(array.ArrayImpl, name, refusing(getattr(array.ArrayImpl, name)))
+  for name in ("_log_window", "_evaluate_now", "_save", "_end_phase", "_finish"):
+    monkeypatch.setattr(train, name, allowing(getattr(train, name)))
+  config = tiny_config(data_dir, fade_images=64, stable_images=64, log_every_steps=3,
+                       anneal_images=64)
+  # The set-up may read (a restored checkpoint, the held-out images); each phase may not.
+  monkeypatch.setattr(train, "_train_phase", _refused_in(train._train_phase, allowed))
+  result = allowing(train.train_and_evaluate)(config, str(tmp_path), progress=False)
+  assert not reads
+  assert result.images_seen == 192 and len(_records(str(tmp_path), "train")) == 6
+
+
+def _refused_in(fn, allowed):
+  """`fn` with host reads refused again (inside a call that allowed them)."""
+  def call(*args, **kwargs):
+    before, allowed.on = getattr(allowed, "on", False), False
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      allowed.on = before
+  return call
+
+
+def test_the_timings_account_for_the_run(run):
+  _, _, result, _, _ = run
+  seconds = result.timings.seconds
+  assert set(seconds) == set(train.Timings.KINDS)
+  assert all(v >= 0 for v in seconds.values()) and seconds["evaluate"] > 0
+  assert seconds["pictures"] > 0  # Drawn in the background thread, and waited for.
+  assert [kind for _, kind, _ in result.timings.events].count("phase_end") == 3
