@@ -39,8 +39,7 @@ from progae_jax.model import Stage, apply, stage_of
 from progae_jax.ops import fade_target, to_resolution
 from progae_jax.optim import optimizer_fields
 from progae_jax.schedule import Phase, TrainConfig
-from progae_jax.train_state import (State, abstract_state, make_advance_state, next_stage,
-                                    stages_between)
+from progae_jax.train_state import (State, abstract_state, make_advance_state, stages_between)
 
 
 def psnr_from_mse(mse):
