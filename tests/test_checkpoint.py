@@ -968,7 +968,8 @@ def test_a_negative_seed_is_refused_before_the_workdir_exists(runner, tmp_path, 
   workdir = str(tmp_path / "w")
   proc = _train_here(runner, workdir, "--seed", "-5", capsys=capsys)
   assert proc.returncode == 2
-  assert "--seed: '-5' must be at least 0" in proc.stderr and "Traceback" not in proc.stderr
+  assert "--seed: '-5' must be at least 0" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # One line, no usage block.
   assert not os.path.exists(workdir)
 
 
