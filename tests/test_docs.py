@@ -1,4 +1,4 @@
-"""The README, docs/ and benchmarks/ say what runs: every command in them is read from the pages and tried.
+"""The README, docs/ and benchmarks/ say what runs: every command in them is read and tried.
 
 Mechanical, so that a page and the code cannot drift apart unnoticed:
 
@@ -380,8 +380,9 @@ def shell_problem(command: str) -> str | None:
     return next(filter(None, (shell_problem(c) for c in segments(args[1]))), None)
   missing = [w for w in args if REPO_FILE.fullmatch(w.split("::")[0])
              and not os.path.exists(os.path.join(REPO, w.split("::")[0]))]
-  if name == "cp" and args and not args[0].startswith(("/", "~", "-")):
-    missing += [] if os.path.exists(os.path.join(REPO, args[0])) else [args[0]]
+  if name == "cp" and args and not args[0].startswith(("/", "~", "-")) and \
+      args[0] not in missing and not os.path.exists(os.path.join(REPO, args[0])):
+    missing.append(args[0])
   if missing:
     return f"no such file in the repository: {missing}"
   if re.fullmatch(r"python3?(\.\d+)?", name):
