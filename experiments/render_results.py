@@ -302,7 +302,12 @@ def main(argv=None) -> int:
   p.add_argument("--check", action="store_true",
                  help="write nothing; list the pages whose tables differ, exit 1 if any")
   args = p.parse_args(argv)
-  stale = stale_pages()
+  try:
+    stale = stale_pages()
+  except (KeyError, OSError, ValueError) as e:  # An unknown table, a missing or bad file.
+    print(f"render_results: error: {e.args[0] if isinstance(e, KeyError) else e}",
+          file=sys.stderr)
+    return 2
   if args.check:
     for page in stale:
       print(f"{page}: its tables differ from the result files; run "
