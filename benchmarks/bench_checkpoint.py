@@ -1,6 +1,6 @@
 """How long a checkpoint blocks the training loop, how long it takes to write, and to restore.
 
-For the main job's model (`progae train`'s default preset: RGB, 4x4 -> 32x32, EMA on), at
+For the main job's model (`progae train`'s default preset: RGB, 4x4 -> 32x32, no EMA), at
 each stage of its growth, the real train state is built on the device (init + growth, as the
 training loop does), then saved with `progae_jax.checkpoint.Checkpointer` exactly as
 `train_and_evaluate` saves it (state, JSON metadata, a grain iterator's position):
@@ -15,7 +15,7 @@ training loop does), then saved with `progae_jax.checkpoint.Checkpointer` exactl
 
 Each is the median of --repeats runs. Writes a JSON file and a figure:
 
-    python benchmarks/bench_checkpoint.py --out docs/checkpoint_timing.png
+    python benchmarks/bench_checkpoint.py --out checkpoint_timing.png
 """
 
 from __future__ import annotations

@@ -89,8 +89,6 @@ class _DiskFullLogFilter(logging.Filter):
     return not (_disk_full(exc) if exc else "No space left on device" in record.getMessage())
 
 
-logging.getLogger("absl").addFilter(_DiskFullLogFilter())
-
 
 class _AwaitingEventLoop(asyncio.SelectorEventLoop):
   """An event loop that, when closed, first lets every task still on it run to its end.
@@ -119,14 +117,26 @@ class _AwaitingPolicy(asyncio.DefaultEventLoopPolicy):
 
 
 @contextlib.contextmanager
-def _every_read_awaited():
-  """Orbax's loops, inside this block, await all their reads before closing (see above)."""
+def errors_in_one_line():
+  """For a program that owns its process (`progae`'s `cli.main`), for the block's duration:
+  Orbax's logs of a save that failed on a full disk are dropped (the program reports it in
+  one line), and Orbax's event loops await all their reads before closing, so a restore
+  whose arrays fail to decode leaves nothing to print after its error.
+
+  Both are process-wide (the `absl` logger's filters, asyncio's event-loop policy), so the
+  library's own calls never do this: `restore` checks the files before Orbax reads them
+  (`_check_array_files`), which covers missing, truncated and altered files and arrays of
+  the wrong shape; only a chunk that is present but does not decompress reaches Orbax.
+  """
+  absl_logger, log_filter = logging.getLogger("absl"), _DiskFullLogFilter()
   previous = asyncio.get_event_loop_policy()
+  absl_logger.addFilter(log_filter)
   asyncio.set_event_loop_policy(_AwaitingPolicy())
   try:
     yield
   finally:
     asyncio.set_event_loop_policy(previous)
+    absl_logger.removeFilter(log_filter)
 
 
 def _rank(metrics: dict) -> float:
@@ -196,33 +206,35 @@ class Checkpointer:
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=_rank, n=1, keep_checkpoints_without_metrics=False),
     ])
+    # A reader opens Orbax's manager writable but never saves or deletes (`_writable`):
+    # Orbax's own read_only logs a warning on every open, and silencing it would change the
+    # process's logging.
+    self._read_only = read_only
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=asynchronous,
-        create=not read_only, read_only=read_only,
-        save_interval_steps=0 if read_only else 1,
+        create=not read_only, save_interval_steps=0 if read_only else 1,
         # Saves that a killed process left half-written are removed when a run starts.
         cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    if read_only:  # Orbax warns that a read-only manager is read-only: not news to a reader.
-      absl_logger.setLevel(logging.ERROR)
     try:
       self._manager = ocp.CheckpointManager(self.directory, item_names=ITEMS,
                                             item_handlers=handlers, options=options)
     except Exception as e:  # noqa: BLE001 - Orbax raises many kinds.
       raise CheckpointError(f"cannot open the checkpoints in {self.directory} "
                             f"({_cause(e)})") from None
-    finally:
-      absl_logger.setLevel(level)
 
   def steps(self) -> list[int]:
     """The complete checkpoints, by images seen (interrupted saves are never listed)."""
     return sorted(self._manager.all_steps())
 
+  def _writable(self) -> None:
+    if self._read_only:
+      raise CheckpointError(f"the checkpoints in {self.directory} were opened read-only")
+
   def delete_all(self) -> None:
     """Deletes every checkpoint (a run started afresh must not resume from an old one's)."""
+    self._writable()
     for step in self.steps():
       self._manager.delete(step)
 
@@ -234,6 +246,7 @@ class Checkpointer:
     holds the run's config and phase index), the held-out PSNR, if given, and the CRC-32 of
     every array (verified on restore). `psnr` also ranks the checkpoint for keeping the best.
     """
+    self._writable()
     meta = dict(meta, images_seen=images_seen, version=__version__,
                 **_position(meta, images_seen))
     metrics = None
@@ -253,9 +266,7 @@ class Checkpointer:
   def read_meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     try:
-      with _every_read_awaited():
-        restored = self._manager.restore(step,
-                                         args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       meta = restored["meta"]
     except Exception as e:  # noqa: BLE001 - Orbax raises many kinds; one clear message.
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable metadata "
@@ -289,9 +300,9 @@ class Checkpointer:
     elif meta.get("data_iterator"):
       raise CheckpointError(f"{where} has lost its data iterator's position (no `data` item): "
                             "it is damaged, and resuming from it would not be exact")
+    _check_array_files(os.path.join(self.directory, str(step), "state"), abstract_state, where)
     try:
-      with _every_read_awaited():
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
       state = restored["state"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
@@ -336,6 +347,7 @@ class Checkpointer:
 
   def delete_after(self, step: int) -> list[int]:
     """Deletes the checkpoints after `step` (a run resumed from it replaces them)."""
+    self._writable()
     later = [s for s in self.steps() if s > step]
     for s in later:
       self._manager.delete(s)
@@ -393,6 +405,65 @@ class Checkpointer:
         self._failed = (f"{what} could not be written in {self.directory} ({_cause(e)}); the "
                         f"earlier checkpoints {intact} are intact")
       raise CheckpointError(self._failed) from None
+
+
+def _read_array_files(state_dir: str) -> dict[str, bytes]:
+  """Every key of the `state` item's OCDBT store and its bytes, read with tensorstore alone
+  (its own threads, no asyncio): each read ends, failed or not, before this returns.
+  Raises what tensorstore raises for a missing, truncated or altered file."""
+  import tensorstore as ts
+  store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state_dir}"}).result()
+  keys = store.list().result()
+  reads = [store.read(key) for key in keys]
+  results, failure = {}, None
+  for key, read in zip(keys, reads):
+    try:
+      result = read.result()
+    except Exception as e:  # noqa: BLE001 - wait for every read, report the first failure.
+      failure = failure or e
+      continue
+    if result.state != "value":
+      failure = failure or FileNotFoundError(f"{key.decode()} is missing")
+    results[key.decode()] = bytes(result.value)
+  if failure is not None:
+    raise failure
+  return results
+
+
+def _check_array_files(state_dir: str, abstract_state, where: str) -> None:
+  """Before Orbax reads a checkpoint: its array files are all there and readable, and each
+  array is stored with the shape and dtype its metadata describes. A failure is one
+  CheckpointError, raised with no read left running (Orbax's own reads, on asyncio, would
+  leave the others in flight when the first fails; see `errors_in_one_line`)."""
+  problem = _array_files_problem(state_dir, abstract_state)
+  if problem:
+    raise CheckpointError(f"{where} could not be restored ({problem}); it is damaged, or its "
+                          "arrays do not match its metadata") from None
+
+
+def _array_files_problem(state_dir: str, abstract_state) -> str | None:
+  """What is wrong with the `state` item's files for `abstract_state`, or None."""
+  if not os.path.isdir(state_dir):
+    return f"it has no `state` item: {state_dir} is missing"
+  try:
+    files = _read_array_files(state_dir)
+  except Exception as e:  # noqa: BLE001 - tensorstore raises many kinds.
+    return _cause(e)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    name = leaf_name(path)
+    try:
+      zarray = json.loads(files[f"{name.replace('/', '.')}/.zarray"])
+      shape, dtype = tuple(zarray["shape"]), np.dtype(zarray["dtype"])
+    except (KeyError, ValueError, TypeError):
+      return f"array {name} is missing or its description is unreadable"
+    if shape != tuple(leaf.shape) or dtype != leaf.dtype:
+      return (f"array {name} is stored as {dtype}{list(shape)} but its metadata says "
+              f"{np.dtype(leaf.dtype)}{list(leaf.shape)}")
+    prefix = f"{name.replace('/', '.')}/"
+    chunks = [k for k in files if k.startswith(prefix) and not k.endswith("/.zarray")]
+    if not chunks or not all(files[k] for k in chunks):  # OCDBT reads a lost data file as b"".
+      return f"array {name} has no data: its files are missing or empty"
+  return None
 
 
 def _check_restored(state, abstract_state, where: str) -> None:

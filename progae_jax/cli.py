@@ -381,9 +381,16 @@ def train_config(argv: list[str]) -> "TrainConfig":
   return build_config(args)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+  """argparse, but bad input is one line on stderr (status 2), not the usage block first."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="progae", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _OneLineErrors(prog="progae", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   _train_parser(sub)
   p = sub.add_parser("inspect", help="what a checkpoint holds")
@@ -415,7 +422,7 @@ def main(argv=None) -> int:
   if argv and argv[0] == "bench":
     from progae_jax import bench
     return bench.main(argv[1:])
-  from progae_jax.checkpoint import CheckpointError
+  from progae_jax.checkpoint import CheckpointError, errors_in_one_line
   from progae_jax.config_files import split_overrides
   from progae_jax.data import DataError
   from progae_jax.train import NonFiniteLossError
@@ -430,8 +437,9 @@ def main(argv=None) -> int:
                  "progae train")
   args.config_overrides = overrides
   try:
-    return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
-            "prepare": cmd_prepare}[args.command](args)
+    with errors_in_one_line():  # This process's logging and asyncio, until main returns.
+      return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
+              "prepare": cmd_prepare}[args.command](args)
   except (CheckpointError, DataError, ValueError, WorkdirError, NonFiniteLossError) as e:
     print(f"progae {args.command}: error: {e}", file=sys.stderr)
     return 2

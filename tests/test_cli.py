@@ -44,11 +44,13 @@ def test_config_file_sets_per_stage_schedules(data_dir, tmp_path):
     (["--cpu-devices", "-1"], "must be at least 0"),
     (["--fade-images", "many"], "not an integer"),
 ])
-def test_bad_options_exit_with_usage_errors(argv, message, capsys):
+def test_bad_options_exit_with_one_line_errors(argv, message, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["train"] + argv)
   assert e.value.code == 2
-  assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+  err = capsys.readouterr().err
+  assert pytest.importorskip("re").search(message, err)
+  assert err.startswith("progae train: error: ") and len(err.splitlines()) == 1, err
 
 
 def test_bad_values_are_reported_without_a_traceback(data_dir, capsys, tmp_path):
