@@ -14,3 +14,12 @@ from progae_jax import optim
 from progae_jax.model import Stage, apply, build, count_params, init_params, stage_of
 from progae_jax.ops import downsample, fade_in, fade_target, to_resolution, upsample
 from progae_jax.summary import growth_diff, param_table
+
+
+def __getattr__(name):
+  """`progae_jax.load` and `progae_jax.Model` (trained.py), imported when first used: they
+  bring the data package (tensorflow_datasets) in."""
+  if name in ("load", "Model"):
+    from progae_jax import trained
+    return getattr(trained, name)
+  raise AttributeError(f"module 'progae_jax' has no attribute {name!r}")
