@@ -11,11 +11,16 @@ model saved during a fade is exported with its alpha fixed. Loading needs only `
 
     exported = jax.export.deserialize(open("encoder.jax", "rb").read())
     latents = exported.call(images)
+
+`export_onnx` also writes encoder.onnx and decoder.onnx through jax2onnx (the optional extra
+`pip install "progae_jax[onnx]"`), for onnxruntime and the tools that read ONNX.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import jax
@@ -58,15 +63,18 @@ def describe(model: Model) -> dict:
   }
 
 
-def export(model: Model, out: str) -> dict:
-  """Writes encoder.jax, decoder.jax and model.json into the folder `out`; returns the
-  contents of model.json."""
+def export(model: Model, out: str, *, onnx: bool = False) -> dict:
+  """Writes encoder.jax, decoder.jax and model.json into the folder `out` (with `onnx`, also
+  encoder.onnx and decoder.onnx); returns the contents of model.json."""
   r, c = model.resolution, model.image_channels
-  files = {
+  files = onnx_files(model) if onnx else {}  # First: a missing converter fails before writing.
+  files.update({
       FILES["encoder"]: _serialized(model.encoder_function(), f"batch, {r}, {r}, {c}"),
       FILES["decoder"]: _serialized(model.decoder_function(), f"batch, {model.latent_dim}"),
-  }
+  })
   info = describe(model)
+  if onnx:
+    info["onnx"] = sorted(n for n in files if n.endswith(".onnx"))
   os.makedirs(out, exist_ok=True)
   for name, blob in files.items():
     with open(os.path.join(out, name), "wb") as f:
@@ -75,3 +83,34 @@ def export(model: Model, out: str) -> dict:
     json.dump(info, f, indent=2)
     f.write("\n")
   return info
+
+
+@contextlib.contextmanager
+def _errors_only(logger_name: str):
+  """The logger shows errors only inside the block (onnx_ir warns once per shape constant
+  that it keeps untyped: noise for the user), and its level is restored after."""
+  logger = logging.getLogger(logger_name)
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def onnx_files(model: Model) -> dict[str, bytes]:
+  """{"encoder.onnx": ..., "decoder.onnx": ...}: the ONNX models (batch dimension symbolic,
+  alpha fixed), converted by jax2onnx."""
+  try:
+    from jax2onnx import to_onnx
+  except ImportError as e:
+    raise ValueError(f"ONNX export needs jax2onnx ({e}): pip install "
+                     '"progae_jax[onnx]"') from None
+  r, c = model.resolution, model.image_channels
+  parts = {"encoder.onnx": (model.encoder_function(), ("batch", r, r, c)),
+           "decoder.onnx": (model.decoder_function(), ("batch", model.latent_dim))}
+  out = {}
+  for name, (fn, shape) in parts.items():
+    with _errors_only("onnx_ir"):
+      out[name] = to_onnx(fn, [shape], return_mode="proto").SerializeToString()
+  return out

@@ -58,6 +58,8 @@ def add_parsers(sub) -> None:
   _model_flags(p)
   p.add_argument("--out", required=True,
                  help="folder for encoder.jax, decoder.jax and model.json")
+  p.add_argument("--onnx", action="store_true", help="also encoder.onnx and decoder.onnx "
+                 '(pip install "progae_jax[onnx]")')
 
 
 def add_images_flag(p) -> None:
@@ -264,11 +266,11 @@ def cmd_interpolate(args) -> int:
 def cmd_export(args) -> int:
   from progae_jax import export
   model = _load(args)
-  info = export.export(model, args.out)
+  info = export.export(model, args.out, onnx=args.onnx)
   r = model.resolution
   print(f"wrote {args.out}: {info['encoder']} (batch, {r}, {r}, {model.image_channels}) -> "
         f"(batch, {model.latent_dim}), {info['decoder']} and back, model.json; platforms "
-        f"{', '.join(info['platforms'])}")
+        f"{', '.join(info['platforms'])}" + ("; encoder.onnx, decoder.onnx" if args.onnx else ""))
   return 0
 
 
