@@ -492,8 +492,14 @@ def _verify_checksums(state, meta: dict, where: str, only_these: bool = False) -
   if saved is None:
     return
   got = checksums(state)
-  names_match = set(got) <= set(saved) if only_these else set(saved) == set(got)
-  if not isinstance(saved, dict) or not names_match:
+  if only_these and isinstance(saved, dict):  # The saved leaves of the parts restored.
+    parts = {name.split("/")[0] for name in got}
+    saved = {k: v for k, v in saved.items() if k.split("/")[0] in parts}
+    if set(saved) != set(got):
+      extra = sorted(set(saved) - set(got)) or sorted(set(got) - set(saved))
+      raise CheckpointError(f"{where}: its arrays do not form the tree its metadata describes "
+                            f"({extra[0]} is in one and not the other)")
+  if not isinstance(saved, dict) or set(saved) != set(got):
     raise CheckpointError(f"{where}: the checksums in its metadata do not name its arrays; "
                           "it is damaged")
   bad = [name for name in got if got[name] != saved[name]]

@@ -142,10 +142,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _save_png(path: str, pixels: np.ndarray) -> None:
-  """Writes uint8 (H, W, C) pixels as a PNG (grey or RGB)."""
+  """Writes uint8 pixels, (H, W), (H, W, 1) or (H, W, 3), as a PNG."""
   from PIL import Image
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+  Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
+                  ).save(path)
 
 
 def _png_name(name: str) -> str:
@@ -236,7 +237,7 @@ def latent_path(a: np.ndarray, b: np.ndarray, steps: int, spherical: bool) -> np
 
 def strip(images: np.ndarray, gap: int = 1) -> np.ndarray:
   """Images (n, R, R, C) side by side with `gap` white pixels between them, enlarged with
-  visible pixels to at least 64 pixels a side: one uint8 picture."""
+  visible pixels to at least 64 pixels a side: one uint8 picture, (H, W) grey or (H, W, 3)."""
   n, r, _, c = images.shape
   scale = max(1, -(-64 // r))
   big = to_uint8(images).repeat(scale, axis=1).repeat(scale, axis=2)
@@ -244,7 +245,7 @@ def strip(images: np.ndarray, gap: int = 1) -> np.ndarray:
   out = np.full((side, n * side + (n - 1) * gap, c), 255, np.uint8)
   for i, image in enumerate(big):
     out[:, i * (side + gap):i * (side + gap) + side] = image
-  return out
+  return out[..., 0] if c == 1 else out
 
 
 def cmd_interpolate(args) -> int:
