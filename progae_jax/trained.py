@@ -35,8 +35,8 @@ from progae_jax.model import Stage, stage_of
 from progae_jax.schedule import TrainConfig
 
 # Images go through the model this many at a time; a last, smaller batch is padded to a power
-# of two, so a model compiles a handful of shapes whatever the batch sizes it is given.
-BATCH_SIZE = 256
+# of two (at least MIN_BATCH), so a model compiles a handful of shapes whatever it is given.
+BATCH_SIZE, MIN_BATCH = 256, 8
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -195,7 +195,7 @@ class Model:
     out = []
     for start in range(0, len(x), BATCH_SIZE):
       chunk = x[start:start + BATCH_SIZE]
-      padded = min(BATCH_SIZE, 1 << (len(chunk) - 1).bit_length())
+      padded = min(BATCH_SIZE, max(MIN_BATCH, 1 << (len(chunk) - 1).bit_length()))
       chunk = np.concatenate([chunk, np.zeros((padded - len(chunk), *chunk.shape[1:]),
                                               chunk.dtype)])
       y = fn(self.config.model, self.params, chunk, np.float32(self.alpha))

@@ -69,7 +69,8 @@ def test_a_run_stopped_mid_fade_loads_at_its_alpha(run, model):
   # The numbers of pj.apply on the whole restored state, at the checkpoint's alpha.
   state, meta = checkpoint.restore(workdir)
   images = data.eval_images("digits", resolution=8, count=5, data_dir=config.data_dir)
-  recon, latent = pj.apply(config.model, state["ema"], images, meta["alpha"])
+  recon, latent = jax.jit(pj.apply, static_argnums=0)(config.model, state["ema"], images,
+                                                       meta["alpha"])
   np.testing.assert_allclose(model.encode(images), latent, atol=1e-6)
   np.testing.assert_allclose(model.reconstruct(images), recon, atol=1e-6)
 
