@@ -141,7 +141,8 @@ def test_images_of_every_kind_are_prepared_as_the_data_layer_does(model, picture
   as_colour = np.repeat(grey_pixels[..., None], 3, axis=-1)  # RGB into grey: luma, (v, v, v) -> v.
   np.testing.assert_array_equal(model.images([as_colour])[0], grey)
   np.testing.assert_array_equal(model.images(grey_pixels[None])[0], grey)  # An array = its file.
-  np.testing.assert_array_equal(model.images([grey_pixels / 255.0])[0], grey)  # floats too.
+  rounds_to_grey = np.clip(grey_pixels - 0.4, 0, None) / 255.0  # Floats: rounded to 8 bits.
+  np.testing.assert_array_equal(model.images([rounds_to_grey])[0], grey)
   # Grey into an RGB model: the grey in R, G and B.
   rgb_config = dataclasses.replace(model.config, model=dataclasses.replace(
       model.config.model, image_channels=3))
@@ -194,11 +195,11 @@ def test_reconstruct_and_interpolate_commands(run, model, pictures, tmp_path, ca
   second = picture[:, side + 1:2 * side + 1]  # The first decoded point is A's reconstruction.
   recon = use_cli.to_uint8(model.reconstruct([a]))[0, ..., 0].repeat(8, 0).repeat(8, 1)
   assert np.abs(second.astype(int) - recon).max() <= 1  # Rounding to 8 bits, at most.
-  x, y = np.array([3.0, 0.0], np.float32), np.array([0.0, 3.0], np.float32)
+  x, y = 3 * np.array([1.0, 0.0], np.float32), 3 * np.array([0.5, 0.75 ** 0.5], np.float32)
   linear, spherical = (use_cli.latent_path(x, y, 3, s) for s in (False, True))
-  np.testing.assert_allclose(linear[[0, 2]], [x, y])
-  np.testing.assert_allclose(linear[1], [1.5, 1.5])
-  np.testing.assert_allclose(np.linalg.norm(spherical, axis=1), 3.0, rtol=1e-6)
+  np.testing.assert_allclose(linear, [x, (x + y) / 2, y], rtol=1e-6)
+  # Along the great circle: the same length all the way, the middle at half the angle (30°).
+  np.testing.assert_allclose(spherical, [x, 3 * np.array([0.75 ** 0.5, 0.5]), y], rtol=1e-6)
   capsys.readouterr()
 
 
