@@ -3,7 +3,8 @@ what it learned.
 
 Read in this order: `ops` (the one downsample and upsample), `model` (a stage, named by
 resolution), `growth` (grow, finish_fade and the optimizer state that follows), then
-`train_state` (the state a run carries and grows) and `train` (the loop).
+`train_state` (the state a run carries and grows) and `train` (the loop). `load` turns a
+run's checkpoint into a model to use (`trained`, `export`).
 """
 
 from progae_jax.version import __version__

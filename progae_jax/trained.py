@@ -134,7 +134,7 @@ class Model:
         what = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
         raise ValueError(f"{what} cannot be used: {decoded.error}")
       stored.append(decoded.image)
-    return self._at_stage(images, stored)
+    return self._at_stage(stored, images)
 
   def _decode_one(self, image) -> image_files.Decoded:
     loader = image_files.Loader(self.input_side, self.image_channels)
@@ -142,9 +142,9 @@ class Model:
       return loader(os.fspath(image))
     return loader.decode(_pillow(np.asarray(image)))
 
-  def _at_stage(self, images, stored) -> np.ndarray:
-    """The decoded images (uint8 at input_side) through the data layer's conversion; the
-    ones already at the stage (None in `stored`) as they are."""
+  def _at_stage(self, stored, images=None) -> np.ndarray:
+    """The decoded images (uint8 at input_side) through the data layer's conversion; where
+    `stored` holds None, `images[i]` is already the stage's input and is taken as it is."""
     d, r = self.input_side, self.resolution
     to_stage = convert.Convert("pad", d, convert.halvings(d, r, "the model's input"))
     out = np.empty((len(stored), r, r, self.image_channels), np.float32)
@@ -171,7 +171,7 @@ class Model:
     if not stored:
       r, c = self.resolution, self.image_channels
       return np.zeros((0, r, r, c), np.float32), kept, skipped
-    return self._at_stage(stored, stored), kept, skipped
+    return self._at_stage(stored), kept, skipped
 
   # -------------------------------------------------------------------------------------------
 
