@@ -42,6 +42,7 @@ from progae_jax.schedule import TrainConfig, alpha_at, phases
 from progae_jax.version import __version__
 
 ITEMS = ("state", "meta", "data")
+WEIGHTS = ("params", "ema")  # The parts of the train state that a trained model is.
 _META_KEYS = ("images_seen", "resolution", "phase", "config")  # In every checkpoint's meta.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # Config fields added since the first release (top level, and in `model`), with the value that
@@ -321,17 +322,58 @@ class Checkpointer:
     """Restores a checkpoint of any stage: the target is built from its own metadata."""
     step = self._resolve(step)
     meta = self.read_meta(step)
+    return self.restore(step, self._abstract_state(step, meta, mesh), with_data=with_data)
+
+  def _abstract_state(self, step: int, meta: dict, mesh):
+    """The target of checkpoint `step`, built from its metadata `meta`."""
     try:
-      config = TrainConfig.from_dict(_with_added_fields(meta["config"]))
+      config = saved_config(meta)
       stage = Stage(int(meta["resolution"]), meta["phase"] == "fade")
       optimizer = optim.optimizer_for(config)
-      abstract = train_state.abstract_state(config, stage, optimizer, mesh)
+      return train_state.abstract_state(config, stage, optimizer, mesh)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise CheckpointError(
           f"the metadata of checkpoint {step} in {self.directory} does not "
           f"describe a progae_jax {__version__} run (written by version "
           f"{meta.get('version', 'unknown')}; {_cause(e)})") from None
-    return self.restore(step, abstract, with_data=with_data)
+
+  def restore_weights(self, step: int | None, mesh) -> Restored:
+    """Only the weights of checkpoint `step` (`params`, and `ema` when the run kept one) and
+    its metadata: the optimizer state and the data position are never read."""
+    step = self._resolve(step)
+    meta = self.read_meta(step)
+    abstract = self._abstract_state(step, meta, mesh)
+    target = {k: abstract[k] for k in WEIGHTS if k in abstract}
+    where = f"checkpoint {step} in {self.directory}"
+    reader = ocp.PyTreeCheckpointer()
+    try:
+      with _every_read_awaited():
+        state = reader.restore(
+            os.path.join(self.directory, str(step), "state"),
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
+                            "its arrays do not match its metadata") from None
+    finally:
+      reader.close()
+    _check_restored(state, target, where)
+    _verify_checksums(state, meta, where, only_these=True)
+    return Restored(dict(state), meta, None)
+
+  def best_step(self) -> int:
+    """The checkpoint ranked best (the highest resolution, then the held-out PSNR there): the
+    one the run keeps besides the latest."""
+    ranked = []
+    for step in self.steps():
+      meta = self.read_meta(step)
+      if isinstance(meta.get("metrics"), dict) and "psnr" in meta["metrics"]:
+        ranked.append((_rank({"resolution": meta["resolution"], **meta["metrics"]}), step))
+    if not ranked:
+      raise CheckpointError(f"no checkpoint in {self.directory} has a held-out evaluation to "
+                            f"rank it by (checkpoints: {self.steps()})")
+    return max(ranked)[1]
 
   def intact(self, mesh, *, below: int) -> list[int]:
     """The checkpoints before `below` that restore completely, their checksums verified."""
@@ -514,13 +556,20 @@ def checksums(state) -> dict[str, str]:
   return out
 
 
-def _verify_checksums(state, meta: dict, where: str) -> None:
+def _verify_checksums(state, meta: dict, where: str, only_these: bool = False) -> None:
   """Each restored array must have the checksum saved with it (checkpoints written before
-  checksums were saved have none to check)."""
+  checksums were saved have none to check). `only_these`: `state` is part of the saved one."""
   saved = meta.get("checksums")
   if saved is None:
     return
   got = checksums(state)
+  if only_these and isinstance(saved, dict):  # The saved leaves of the parts restored.
+    parts = {name.split("/")[0] for name in got}
+    saved = {k: v for k, v in saved.items() if k.split("/")[0] in parts}
+    if set(saved) != set(got):
+      extra = sorted(set(saved) - set(got)) or sorted(set(got) - set(saved))
+      raise CheckpointError(f"{where}: its arrays do not form the tree its metadata describes "
+                            f"({extra[0]} is in one and not the other)")
   if not isinstance(saved, dict) or set(saved) != set(got):
     raise CheckpointError(f"{where}: the checksums in its metadata do not name its arrays; "
                           "it is damaged")
@@ -535,6 +584,12 @@ def _verify_checksums(state, meta: dict, where: str) -> None:
 def _with_added_fields(saved: dict) -> dict:
   """A checkpoint's config with the fields added since it was written (_BEFORE_ADDED_FIELDS)."""
   return {**_BEFORE_ADDED_FIELDS, **saved}
+
+
+def saved_config(meta: dict) -> TrainConfig:
+  """The TrainConfig a checkpoint's metadata holds (with the fields added since it was
+  written); raises what `TrainConfig.from_dict` raises."""
+  return TrainConfig.from_dict(_with_added_fields(meta["config"]))
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -584,6 +639,24 @@ def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
       raise CheckpointError(f"{path} is checkpoint {base}, not {step}")
     return os.path.dirname(path), int(base)
   return path, step
+
+
+def restore_weights(path: str, step: int | None = None, *, best: bool = False,
+                    mesh=None) -> tuple[dict, dict]:
+  """`restore`, reading only the weights (`params`, and `ema` when the run kept one) and the
+  metadata: `({"params": ..., "ema": ...}, meta)`. `best` picks the checkpoint ranked best
+  (the highest resolution, then the held-out PSNR) instead of the latest."""
+  directory, step = locate(path, step)
+  manager = Checkpointer(directory, read_only=True, asynchronous=False)
+  try:
+    if best:
+      if step is not None:
+        raise CheckpointError(f"give a step ({step}) or ask for the best checkpoint, not both")
+      step = manager.best_step()
+    restored = manager.restore_weights(step, mesh or parallel.make_mesh(1))
+    return restored.state, restored.meta
+  finally:
+    manager.close()
 
 
 def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dict]:

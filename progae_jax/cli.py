@@ -1,4 +1,4 @@
-"""`progae`: train, inspect, reconstruct, bench.
+"""`progae`: train, inspect, reconstruct, bench; encode, decode, interpolate, export.
 
     progae train                       # the main job: image_patches, RGB, 4x4 -> 32x32
     progae train --preset digits       # the seed's case: 8x8 grayscale digits, 4x4 -> 8x8
@@ -7,6 +7,8 @@
     progae reconstruct W --dataset image_patches --out recon.png
     progae prepare ~/photos --data-resolution 64   # a folder of images, ahead of training
     progae bench --vs-torch            # speed per stage, beside the PyTorch reference
+    progae encode W photos/ --out latents.npz     # a trained run put to use (docs/using.md):
+    progae export W --out exported/               #   also decode, interpolate, reconstruct --images
 """
 
 from __future__ import annotations
@@ -329,6 +331,9 @@ def _metrics_beside(path: str) -> list[dict]:
 
 
 def cmd_reconstruct(args) -> int:
+  if args.images:
+    from progae_jax import use_cli
+    return use_cli.cmd_reconstruct_images(args)
   import numpy as np
   from progae_jax import checkpoint, data, plots
   from progae_jax.model import apply, stage_of
@@ -389,6 +394,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+  from progae_jax import use_cli
   parser = _OneLineErrors(prog="progae", description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -406,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="held-out images to show (default: 16, or all of them if fewer)")
   p.add_argument("--step", type=int)
   p.add_argument("--no-ema", action="store_true", help="use the raw weights, not their EMA")
+  use_cli.add_images_flag(p)
   p = sub.add_parser("prepare", help="prepare a folder of images (or a built-in dataset) now, "
                      "not on first use; prints what was kept and skipped")
   p.add_argument("path", help="a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP)")
@@ -413,6 +420,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir", help="where prepared datasets are (default: tfds's own)")
   sub.add_parser("bench", help="training speed per stage (--help for its options)",
                  add_help=False)
+  use_cli.add_parsers(sub)
   return parser
 
 
@@ -437,9 +445,10 @@ def main(argv=None) -> int:
                  "progae train")
   args.config_overrides = overrides
   try:
+    from progae_jax.use_cli import COMMANDS as use_commands
     with errors_in_one_line():  # This process's logging and asyncio, until main returns.
       return {"train": cmd_train, "inspect": cmd_inspect, "reconstruct": cmd_reconstruct,
-              "prepare": cmd_prepare}[args.command](args)
+              "prepare": cmd_prepare, **use_commands}[args.command](args)
   except (CheckpointError, DataError, ValueError, WorkdirError, NonFiniteLossError) as e:
     print(f"progae {args.command}: error: {e}", file=sys.stderr)
     return 2

@@ -336,5 +336,39 @@ def apply(config: ModelConfig, params: Params, images, alpha=1.0, *,
   return recon.astype(jnp.float32), latent.astype(jnp.float32)
 
 
+def _cast(dtype, *arrays):
+  return tuple(jnp.asarray(a, jnp.float32).astype(dtype) for a in arrays)
+
+
+def encode(config: ModelConfig, params: Params, images, alpha=1.0, *,
+           dtype: Any = jnp.float32):
+  """The encoder alone: the float32 latents `(batch, latent_dim)` of NHWC `images`, the same
+  numbers as `apply(...)[1]` (a fading tree blends its two entries with `alpha`)."""
+  stage = stage_of(params)
+  check_images(config, stage, images)
+  check_alpha(alpha)
+  model = build(config, stage.resolution, fading=stage.fading, dtype=dtype)
+  images, alpha = _cast(dtype, images, alpha)
+  latent = model.apply({"params": params}, images, alpha, method=lambda m, x, a: m.encoder(x, a))
+  return latent.astype(jnp.float32)
+
+
+def decode(config: ModelConfig, params: Params, latents, alpha=1.0, *,
+           dtype: Any = jnp.float32):
+  """The decoder alone: float32 NHWC images at the tree's resolution from `(batch,
+  latent_dim)` latents, the same numbers as `apply(...)[0]` on the images they encode."""
+  stage = stage_of(params)
+  shape = tuple(getattr(latents, "shape", ()))
+  if len(shape) != 2 or shape[1] != config.latent_dim:
+    raise ValueError(f"latents must have shape (batch, {config.latent_dim}); got {shape}")
+  check_alpha(alpha)
+  model = build(config, stage.resolution, fading=stage.fading, dtype=dtype)
+  latents, alpha = _cast(dtype, latents, alpha)
+  out = model.apply({"params": params}, latents, method=lambda m, z: m.decoder(z))
+  if stage.fading:
+    out = fade_in(*out, alpha)
+  return out.astype(jnp.float32)
+
+
 def count_params(params: Params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -42,6 +42,10 @@ class _Skip(Exception):
   """A file that is readable but cannot become a stored image."""
 
 
+# What Pillow raises for a file it cannot decode (truncated, corrupt, too large).
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 @dataclasses.dataclass(frozen=True)
 class Loader:
   """path -> `Decoded` at `resolution` with `channels`; picklable, for a pool of workers."""
@@ -50,23 +54,28 @@ class Loader:
   channels: int
 
   def __call__(self, path: str) -> Decoded:
-    side = 0
     try:
       if os.path.getsize(path) == 0:
         return Decoded(None, 0, "empty file")
       with Image.open(path) as im:
-        side = min(im.size)
-        if side * MAX_UPSAMPLING < self.resolution:
-          raise _Skip(f"{im.size[0]}x{im.size[1]} is smaller than {self.resolution} / "
-                      f"{MAX_UPSAMPLING}: it would need more than {MAX_UPSAMPLING}x upsampling")
-        im.draft("L" if self.channels == 1 else None, (self.resolution, self.resolution))
-        image = self._square(to_channels(im, self.channels))
-      return Decoded(image, side)
+        return self.decode(im)
+    except Image.UnidentifiedImageError:
+      return Decoded(None, 0, "not an image Pillow can read")
+    except _UNREADABLE as e:
+      return Decoded(None, 0, f"{type(e).__name__}: {e}")
+
+  def decode(self, im: Image.Image) -> Decoded:
+    """An opened Pillow image (a file's, or an array's) -> `Decoded`, as for a file."""
+    side = min(im.size)
+    try:
+      if side * MAX_UPSAMPLING < self.resolution:
+        raise _Skip(f"{im.size[0]}x{im.size[1]} is smaller than {self.resolution} / "
+                    f"{MAX_UPSAMPLING}: it would need more than {MAX_UPSAMPLING}x upsampling")
+      im.draft("L" if self.channels == 1 else None, (self.resolution, self.resolution))
+      return Decoded(self._square(to_channels(im, self.channels)), side)
     except _Skip as e:
       return Decoded(None, side, str(e))
-    except Image.UnidentifiedImageError:
-      return Decoded(None, side, "not an image Pillow can read")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except _UNREADABLE as e:
       return Decoded(None, side, f"{type(e).__name__}: {e}")
 
   def _square(self, im: Image.Image) -> np.ndarray:
