@@ -2,7 +2,7 @@
 
     python benchmarks/bench_loop.py                        # tiny model, digits, 4x4 -> 8x8
     python benchmarks/bench_loop.py --preset main          # the main job (image_patches, 32x32)
-    python benchmarks/bench_loop.py --preset main --images-scale 0.25 --json FILE
+    python benchmarks/bench_loop.py --preset main --images-scale 0.25 --out FILE
 
 Loop: `train_and_evaluate` itself, every phase as the config has it (the tiny setting's are
 long enough to time); its rate is the median `images_per_s` of each phase's log windows in
@@ -14,13 +14,12 @@ The breakdown: the whole call's wall time, split by `RunResult.timings` (start-u
 waiting for a compile, writing metrics, evaluation, checkpoints, the end), the training steps
 being the rest; `pictures` run in a thread beside the loop. Compiles on the critical path:
 backend compiles on the main thread plus the waits for background ones, after the first
-phase's end. `--json FILE` appends one JSON line (command, machine, versions, date).
+phase's end. `--out FILE` writes the result as JSON, with command, machine, versions and date.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from _provenance import provenance
 
 TINY = {"dataset": "digits", "max_resolution": 8,
         "model": {"channels": {"4": 8, "8": 8}, "latent_dim": 8}, "stages": {},
@@ -104,8 +105,6 @@ def critical_compile_s(timings, compiles: CompileLog) -> float:
 
 
 def measure(args) -> dict:
-  import jax
-
   from progae_jax import train
   from progae_jax.schedule import phases
   config = _config(args)
@@ -134,24 +133,12 @@ def measure(args) -> dict:
           "compile_s_total": round(sum(s for *_, s in compiles.events), 2),
           "critical_compile_s_after_first_phase": round(critical_compile_s(result.timings,
                                                                            compiles), 2),
-          "final_psnr": round(result.final_eval["psnr"], 3), "stages": stages,
-          "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-          "devices": jax.device_count()}
-
-
-def _meta() -> dict:
-  import platform
-
-  import jax
-  import progae_jax
-  return {"command": " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-          "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-          "progae_jax": progae_jax.__version__, "python": platform.python_version(),
-          "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+          "final_psnr": round(result.final_eval["psnr"], 3), "stages": stages}
 
 
 def format_record(r: dict) -> str:
-  lines = [f"{r['preset']} ({r['images']:,} images) on {r['devices']} {r['device_kind']}: "
+  lines = [f"{r['preset']} ({r['images']:,} images) on {r['machine']['devices']} "
+           f"{r['machine']['device_kind']}: "
            f"{r['wall_s']:.1f} s wall, {r['train_steps_s']:.1f} s of it training steps"]
   lines += [f"  {k:<13} {v:7.2f} s" for k, v in r["breakdown_s"].items()]
   lines.append(f"  pictures      {r['beside_loop_s']['pictures']:7.2f} s (beside the loop)")
@@ -169,18 +156,19 @@ def main(argv=None) -> int:
   p.add_argument("--images-scale", type=float, default=1.0,
                  help="every phase's images times this (a shorter run)")
   p.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
-  p.add_argument("--json", help="append the result as one JSON line to this file")
+  p.add_argument("--out", help="write the result to this JSON file (docs/ tables are rendered "
+                 "from it by experiments/render_results.py)")
   args = p.parse_args(argv)
   from progae_jax import compilation, cpu
   cpu.set_up([32, 64])
   if os.environ.get("PROGAE_BENCH_CACHE"):  # A warm run: the cache of an earlier one.
     compilation.enable_cache(os.environ["PROGAE_BENCH_CACHE"])
-  record = {**_meta(), **measure(args)}
+  record = {**measure(args), **provenance()}
   print(format_record(record))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "a") as f:
-      f.write(json.dumps(record) + "\n")
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(record, f, indent=1)
   return 0
 
 
