@@ -549,8 +549,11 @@ def checksums(state) -> dict[str, str]:
   they still decompress: the restore then succeeds with wrong values (an Adam moment off by
   3e38). These checksums, computed from the arrays themselves at save, catch it on restore.
   """
-  out = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+  out, leaves = {}, jax.tree_util.tree_flatten_with_path(state)[0]
+  for _, x in leaves:  # Every copy under way at once, not one round trip per array.
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+      x.copy_to_host_async()
+  for path, x in leaves:
     data = np.ascontiguousarray(_host_array(x)).reshape(-1).view(np.uint8)
     out[leaf_name(path)] = f"{zlib.crc32(data):08x}"
   return out
