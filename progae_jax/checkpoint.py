@@ -620,6 +620,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   if clips[0] != clips[1]:
     out.append(f"clip_grad_norm: checkpoint {saved.get('clip_grad_norm')!r}, "
                f"this run {current.get('clip_grad_norm')!r} (clipping on and off)")
+  boosts = [config.get("fade_lr_boost", 1.0) != 1 for config in (saved, current)]
+  if boosts[0] != boosts[1]:
+    out.append(f"fade_lr_boost: checkpoint {saved.get('fade_lr_boost', 1.0)!r}, "
+               f"this run {current.get('fade_lr_boost')!r} (a boost on and off)")
   return out
 
 

@@ -70,6 +70,9 @@ class TrainConfig:
   adam_b2: float = 0.999
   # Clip the gradient's global norm to this before Adam (None: no clipping).
   clip_grad_norm: float | None = None
+  # During a fade, the new resolution's block and adapters take steps this many times the
+  # phase's learning rate (optim.boost_fading_in; 1: the same steps as every other weight).
+  fade_lr_boost: float = 1.0
   # The run's last this many images train with the learning rate annealed from the phase's
   # to 0 along a cosine (0: no annealing).
   anneal_images: int = 0
@@ -116,6 +119,9 @@ class TrainConfig:
     clip = self.clip_grad_norm
     check_field(self, "clip_grad_norm", clip is None or (is_number(clip) and clip > 0),
                 "must be a positive number or None")
+    boost = self.fade_lr_boost
+    check_field(self, "fade_lr_boost", is_number(boost) and 0 < boost <= 100,
+                "must be a number in (0, 100]")
     check_field(self, "alpha_ramp", self.alpha_ramp in ("linear", "smooth"),
                 "must be 'linear' or 'smooth'")
     decay = self.ema_decay

@@ -436,6 +436,8 @@ def test_what_changes_the_optimizer_states_shape_is_named_and_old_configs_read_a
   assert same(saved, dict(saved, bias_correction="shared")) == [
       "bias_correction: checkpoint 'per_leaf', this run 'shared'"]
   assert "clipping on and off" in same(saved, dict(saved, clip_grad_norm=1.0))[0]
+  assert "a boost on and off" in same(saved, dict(saved, fade_lr_boost=3.0))[0]
+  assert same(dict(saved, fade_lr_boost=2.0), dict(saved, fade_lr_boost=3.0)) == []
   model = dict(saved["model"], equalized_lr=True)
   assert same(saved, dict(saved, model=model)) == [
       "model.equalized_lr: checkpoint False, this run True"]

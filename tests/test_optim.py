@@ -99,6 +99,26 @@ def test_clipping_bounds_the_gradient_that_adam_sees():
   assert float(sum(jnp.sum(v) for v in jax.tree.leaves(nu))) == pytest.approx(1e-15, rel=1e-3)
 
 
+def test_a_fade_lr_boost_multiplies_the_steps_of_the_leaves_fading_in_and_no_others():
+  # A tree is read as fading by its names (two adapters each side): 8x8 fading in.
+  leaf = lambda: {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))}
+  fading = {"encoder": {n: leaf() for n in ("from_image_4", "from_image_8", "block_4",
+                                             "block_8")},
+            "decoder": {n: leaf() for n in ("to_image_4", "to_image_8", "block_4", "block_8")}}
+  stable = {part: {n: v for n, v in tree.items() if not n.endswith("image_4")}
+            for part, tree in fading.items()}
+  plain, boosted = optim.make_optimizer(1e-3), optim.make_optimizer(1e-3, fade_lr_boost=3.0)
+  for tree, boost_at in ((fading, 3.0), (stable, 1.0)):
+    g = jax.tree.map(jnp.ones_like, tree)  # Adam's first step: the learning rate, per weight.
+    base, more = (jax.jit(opt.update)(g, opt.init(tree))[0] for opt in (plain, boosted))
+    for part in ("encoder", "decoder"):
+      for name, leaves in base[part].items():
+        factor = boost_at if name in optim.fading_in_names(8) else 1.0
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(b, factor * a, rtol=1e-6),
+                     leaves, more[part][name])
+  assert optim.fading_in_names(8) == {"block_8", "from_image_8", "to_image_8"}
+
+
 def test_a_bad_bias_correction_is_named():
   with pytest.raises(ValueError, match="bias_correction must be one of"):
     optim.make_optimizer(1e-3, bias_correction="none")

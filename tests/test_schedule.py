@@ -59,6 +59,7 @@ def test_config_round_trips_through_json_dict():
     ({"bias_correction": "none"}, "bias_correction"),
     ({"adam_b2": 1.0}, "adam_b2"),
     ({"clip_grad_norm": 0}, "clip_grad_norm"),
+    ({"fade_lr_boost": 0}, "fade_lr_boost"),
 ])
 def test_bad_train_configs(kw, match):
   with pytest.raises(ValueError, match=match):
