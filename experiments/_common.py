@@ -52,7 +52,8 @@ def parser(doc: str, name: str, *, seeds: int = 3,
   p.add_argument("--seeds", type=int, default=None,
                  help=f"seeds per configuration (default {seeds}; 1 with --quick)")
   p.add_argument("--out", default=os.path.join("experiments", "results", name),
-                 help="where result.json and the plot go")
+                 help="where result.json and the plot go (with --variant, if the script "
+                      "takes it: where the run's JSON goes; default <workdir>/runs)")
   p.add_argument("--workdir", default=os.path.join("runs", "experiments", name),
                  help="the runs' work directories (checkpoints, metrics)")
   p.add_argument("--data-dir", help="tfds data directory (default: tfds's own)")
@@ -248,3 +249,122 @@ def budget_schedule(fade: int, *, stable_4: int, budget: int, last_extra: int, b
   stages = schedule(stable_4, fade, budget - fade, batch=batch, resolutions=resolutions,
                     lr_4=lr_4, lr=lr, last_stable=budget - fade + last_extra)
   return stages
+
+
+# --- One run per process, then a collect step ------------------------------------------------
+#
+# A sweep of many runs is one process per (variant, seed), each writing its own JSON, so that
+# run_parallel.py can run several at once (on a GPU, several processes share it):
+#
+#     SCRIPT --variant V --seed S --out RUNS     trains, writes RUNS/<name>/<V>/seed<S>.json
+#     SCRIPT --collect RUNS [--out RESULTS]      reads every run back, writes result.json + plot
+
+
+def add_job_flags(p: argparse.ArgumentParser, variants) -> None:
+  """--variant/--seed (train one run and write its JSON under --out) and --collect."""
+  p.add_argument("--variant", choices=list(variants),
+                 help="train this one variant at --seed and write its run's JSON under --out")
+  p.add_argument("--seed", type=int, default=0, help="the seed of --variant (default 0)")
+  p.add_argument("--collect", metavar="RUNS",
+                 help="read the runs' JSON under RUNS and write result.json and the plot")
+
+
+def parse_job_args(p: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
+  """The parsed flags, --out defaulting to where its mode writes: the runs' JSON (with
+  --variant: <workdir>/runs), else result.json (experiments/results/<name>)."""
+  p.set_defaults(out=None)
+  args = p.parse_args(argv)
+  if args.out is None:
+    args.out = (os.path.join(args.workdir, "runs") if args.variant
+                else os.path.join("experiments", "results", name))
+  return args
+
+
+def versions() -> dict:
+  """The versions of what the runs' numbers depend on."""
+  from importlib import metadata
+  out = {"python": platform.python_version()}
+  for name in ("progae_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = None
+  from progae_jax.version import __version__
+  out["progae_jax"] = __version__
+  return out
+
+
+def now() -> str:
+  return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def command() -> str:
+  return " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def run_path(runs_dir: str, name: str, label: str, seed: int) -> str:
+  return os.path.join(runs_dir, name, label, f"seed{seed}.json")
+
+
+def write_run(runs_dir: str, name: str, run: Run, **extra) -> str:
+  """One finished run as JSON: its config, metrics, wall time and where it ran. The training
+  records keep what the measures read (not the per-step speed)."""
+  keep = ("step", "images_seen", "resolution", "phase", "alpha", "loss", "grad_norm")
+  record = {"experiment": name, "variant": run.label, "seed": run.seed, **extra,
+            "command": command(), "machine": machine(), "versions": versions(), "date": now(),
+            "wall_seconds": run.wall_seconds, "config": run.config.to_dict(),
+            "train": [{k: r[k] for k in keep if k in r} for r in run.train],
+            "evals": run.evals}
+  path = run_path(runs_dir, name, run.label, run.seed)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)  # A run killed mid-write leaves no half file behind.
+  print(f"wrote {path}")
+  return path
+
+
+def read_runs(runs_dir: str, name: str) -> tuple[dict[str, list[Run]], list[dict]]:
+  """Every run under `runs_dir/<name>/`, by variant and seed: ({label: [Run]}, their records
+  without the metrics)."""
+  import glob
+  runs, records = {}, []
+  for path in sorted(glob.glob(os.path.join(runs_dir, name, "*", "seed*.json"))):
+    with open(path) as f:
+      record = json.load(f)
+    cfg = TrainConfig.from_dict(record["config"])
+    runs.setdefault(record["variant"], []).append(
+        Run(record["variant"], record["seed"], cfg, record["train"], record["evals"],
+            record["wall_seconds"]))
+    records.append({k: v for k, v in record.items() if k not in ("train", "evals", "config")})
+  for seeded in runs.values():
+    seeded.sort(key=lambda r: r.seed)
+  return runs, records
+
+
+def provenance(runs_dir: str, records: list[dict]) -> dict:
+  """Where and how the collected runs ran: the launcher's command (run_parallel.py's
+  jobs.json, if there), the machines, versions and dates the runs recorded, and this step."""
+  launched = None
+  jobs = os.path.join(runs_dir, "jobs.json")
+  if os.path.exists(jobs):
+    with open(jobs) as f:
+      launched = json.load(f).get("command")
+  unique = lambda key: [json.loads(s) for s in sorted({json.dumps(r[key], sort_keys=True)
+                                                       for r in records})]
+  dates = sorted(r["date"] for r in records)
+  return {"command": launched or sorted({r["command"] for r in records}),
+          "collect_command": command(), "machine": unique("machine"),
+          "versions": unique("versions"), "date": {"first_run": dates[0], "last_run": dates[-1],
+                                                   "collected": now()}}
+
+
+def write_collected(out: str, name: str, result: dict, figure) -> tuple[str, str]:
+  """`<out>/result.json` (provenance first) and `<out>/<name>.png`."""
+  os.makedirs(out, exist_ok=True)
+  json_path, png_path = os.path.join(out, "result.json"), os.path.join(out, f"{name}.png")
+  with open(json_path, "w") as f:
+    json.dump(result, f, indent=1)
+  figure.savefig(png_path, dpi=110, bbox_inches="tight")
+  print(f"wrote {json_path} and {png_path}")
+  return json_path, png_path

@@ -1,13 +1,18 @@
 """Progressive vs direct: does growing from 4x4 reach a given quality sooner?
 
-    python experiments/progressive_vs_direct.py            # full: image_patches, 3 seeds
+    python experiments/run_parallel.py --out runs/smooth   # with smooth_growth's runs
+    python experiments/progressive_vs_direct.py --variant direct --seed 1 --out RUNS
+    python experiments/progressive_vs_direct.py --collect RUNS      # result.json, the plot
+    python experiments/progressive_vs_direct.py            # every run here, then collect
     python experiments/progressive_vs_direct.py --quick    # digits, seconds (a smoke test)
 
-Progressive: the main job's schedule (`progae train`), 4x4 -> 8x8 -> 16x16 -> 32x32.
-Direct: the same model, initialised at 32x32 and trained there only, on as many images.
-Both are evaluated on the same held-out images at 32x32 all along (a progressive stage's
-output enlarged to 32x32), against the images seen and the training seconds (steps,
-compiles and growth; evaluation left out). Reported per seed, then mean and spread:
+Progressive: the main job as `progae train` runs it (`configs/main.py`), 4x4 -> 8x8 -> 16x16
+-> 32x32. Direct: the same model, initialised at 32x32 and trained there only, on as many
+images, with the preset's optimizer (Adam b2, step counts, the annealing of the last images,
+the equalized learning rate if the preset has it) at the preset's 32x32 learning rate. Both
+are evaluated on the same held-out images at 32x32 every 3,200 images (a progressive stage's
+output enlarged to 32x32), against the images seen and the training seconds (steps, compiles
+and growth; evaluation left out). Reported per seed, then mean and spread:
 
 * final PSNR/SSIM of both at equal images;
 * the direct model's PSNR after the progressive run's training time (equal time);
@@ -20,35 +25,40 @@ compiles and growth; evaluation left out). Reported per seed, then mean and spre
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import numpy as np
 
 import _common as c
 
+from progae_jax import config_files
+from progae_jax.schedule import TrainConfig, phases
+
 NAME = "progressive_vs_direct"
+VARIANTS = ("progressive", "direct")
 
 
-def variants(quick: bool, data_dir, direct_lr: float) -> dict:
+def variants(quick: bool, data_dir, direct_lr: float | None = None) -> dict:
+  """{"progressive": the main preset, "direct": its model trained at the top stage only on
+  as many images}; quick: a tiny digits pair."""
   if quick:
-    model, dataset, batch = c.TINY, "digits", 32
-    progressive = c.schedule(192, 192, 192, batch=batch, resolutions=(8,), lr_4=3e-3, lr=1e-3)
-    every = 128
+    progressive = c.config(c.TINY, "digits", c.schedule(192, 192, 192, batch=32, resolutions=(8,),
+                                                        lr_4=3e-3, lr=1e-3), data_dir,
+                           eval_every_images=128, adam_b2=0.99, anneal_images=64)
   else:
-    from progae_jax import ModelConfig
-    model, dataset, batch = ModelConfig(image_channels=3, max_resolution=32), "image_patches", 64
-    progressive = c.schedule(12_800, 12_800, 12_800, batch=batch, last_stable=25_600)
-    progressive[16] = dataclasses.replace(progressive[16], stable_images=19_200)
-    every = 6_400
-  total = sum(s.fade_images * (r > 4) + s.stable_images for r, s in progressive.items())
-  top = model.max_resolution
+    progressive = TrainConfig.from_dict(dict(
+        config_files.preset("main"), eval_every_images=3_200, eval_images=256,
+        checkpoint_every_images=10**9, keep_checkpoints=1, data_dir=data_dir))
+  top = progressive.model.max_resolution
+  stages = {r: progressive.stage(r) for r in progressive.model.resolutions}
   direct = {r: dataclasses.replace(s, fade_images=0, stable_images=0)
-            for r, s in progressive.items() if r < top}
-  direct[top] = dataclasses.replace(progressive[top], fade_images=0, stable_images=total,
-                                    learning_rate=direct_lr)
-  return {"progressive": c.config(model, dataset, progressive, data_dir,
-                                  eval_every_images=every),
-          "direct": c.config(model, dataset, direct, data_dir, eval_every_images=every)}
+            for r, s in stages.items() if r < top}
+  direct[top] = dataclasses.replace(stages[top], fade_images=0,
+                                    stable_images=phases(progressive)[-1].end,
+                                    learning_rate=direct_lr or stages[top].learning_rate)
+  return {"progressive": progressive,
+          "direct": dataclasses.replace(progressive, stages=direct)}
 
 
 def crossing(evals: list[dict], level: float, axis: str) -> float | None:
@@ -118,16 +128,7 @@ def plot(runs: dict[str, list[c.Run]]):
   return fig
 
 
-def main(argv=None) -> int:
-  p = c.parser(__doc__, NAME)
-  p.add_argument("--direct-lr", type=float, default=3e-4,
-                 help="the direct model's Adam learning rate (default 3e-4: of 1e-3 and "
-                      "3e-4, the better one in experiments/direct_lr_pilot.py)")
-  args = p.parse_args(argv)
-  c.set_up_cpu()
-  runs = c.over_seeds(variants(args.quick, args.data_dir, args.direct_lr), args.seeds,
-                      args.workdir, args.reuse)
-  per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
+def summarize(per_seed: list[dict]) -> dict:
   keys = ("progressive_psnr", "direct_psnr", "progressive_ssim", "direct_ssim",
           "progressive_best_psnr", "direct_best_psnr", "progressive_seconds", "direct_seconds",
           "direct_psnr_at_progressive_seconds")
@@ -148,10 +149,63 @@ def main(argv=None) -> int:
         (f": in {c.fmt(summary['progressive_seconds_to_direct_best'], 0)} s against direct's "
          f"{c.fmt(summary['direct_seconds_to_its_best'], 0)} s, speed-up "
          f"{c.fmt(summary['speedup'])}x" if reached else ""))
-  result = {"quick": args.quick, "seeds": args.seeds, "per_seed": per_seed, "summary": summary,
+  return summary
+
+
+def collect(runs_dir: str, out: str) -> dict:
+  """result.json and the plot from the runs under `runs_dir` (the seeds both sides have)."""
+  runs, records = c.read_runs(runs_dir, NAME)
+  seeds = sorted({r.seed for r in runs.get("progressive", [])}
+                 & {r.seed for r in runs.get("direct", [])})
+  if not seeds:
+    raise SystemExit(f"--collect {runs_dir}: no seed with both a progressive and a direct run "
+                     f"under {os.path.join(runs_dir, NAME)}")
+  runs = {k: [r for r in runs[k] if r.seed in seeds] for k in VARIANTS}
+  per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
+  result = {**c.provenance(runs_dir, records), "quick": records[0].get("quick", False),
+            "seeds": len(seeds), "per_seed": per_seed, "summary": summarize(per_seed),
             "configs": {k: v[0].config.to_dict() for k, v in runs.items()},
             "curves": {k: [r.evals for r in v] for k, v in runs.items()}}
-  c.write(args.out, NAME, result, plot(runs))
+  c.write_collected(out, NAME, result, plot(runs))
+  return result
+
+
+def jobs(quick: bool, seeds: int | None = None) -> list[dict]:
+  """The runs, seed-major; direct first in each seed (its steps are all at 32x32)."""
+  return [{"args": ["--variant", v, "--seed", str(s)], "pool": "device", "seed": s}
+          for s in range(seeds or (1 if quick else 3)) for v in ("direct", "progressive")]
+
+
+def _one_job(args) -> int:
+  cfg = dataclasses.replace(variants(args.quick, args.data_dir, args.direct_lr)[args.variant],
+                            seed=args.seed)
+  run = c.run(cfg, os.path.join(args.workdir, args.variant, f"seed{args.seed}"), args.variant)
+  c.write_run(args.out, NAME, run, quick=args.quick)
+  return 0
+
+
+def main(argv=None) -> int:
+  p = c.parser(__doc__, NAME, reuse=False)
+  c.add_job_flags(p, VARIANTS)
+  p.add_argument("--direct-lr", type=float, default=None,
+                 help="the direct model's Adam learning rate (default: the preset's 32x32 "
+                      "rate, 3e-4 today, the better of 1e-3 and 3e-4 in "
+                      "experiments/direct_lr_pilot.py)")
+  args = c.parse_job_args(p, argv, NAME)
+  c.set_up_cpu()
+  if args.collect:
+    collect(args.collect, args.out)
+  elif args.variant:
+    return _one_job(args)
+  else:  # Every run here, one after another, then collect.
+    runs_dir = os.path.join(args.workdir, "runs")
+    for job in jobs(args.quick, args.seeds):
+      _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
+                                    *(["--quick"] if args.quick else []),
+                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
+                                    *(["--direct-lr", str(args.direct_lr)]
+                                      if args.direct_lr else [])], NAME))
+    collect(runs_dir, args.out)
   return 0
 
 
