@@ -298,8 +298,17 @@ def now() -> str:
   return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+_COMMAND: list[str] = []
+
+
+def set_command(script: str, argv) -> None:
+  """What `command()` reports: `script` with `argv` (main's own, or the process's)."""
+  _COMMAND[:] = [os.path.relpath(script), *(sys.argv[1:] if argv is None else argv)]
+
+
 def command() -> str:
-  return " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  """The command that is running, as its script's main set it (else the process's argv)."""
+  return " ".join(_COMMAND or [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def run_path(runs_dir: str, name: str, label: str, seed: int) -> str:

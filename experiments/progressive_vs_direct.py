@@ -192,6 +192,7 @@ def main(argv=None) -> int:
                       "rate, 3e-4 today, the better of 1e-3 and 3e-4 in "
                       "experiments/direct_lr_pilot.py)")
   args = c.parse_job_args(p, argv, NAME)
+  c.set_command(__file__, argv)
   c.set_up_cpu()
   if args.collect:
     collect(args.collect, args.out)

@@ -6,13 +6,18 @@
 
 Every job is one process (`SCRIPT --variant V --seed S --out OUT/runs`) writing its own JSON:
 
-    OUT/runs/smooth_growth/<variant>/seed<S>.json        one main-job run
-    OUT/runs/smooth_growth/drift/<variant>.json          its 1-vs-4-device digits runs
-    OUT/runs/progressive_vs_direct/<side>/seed<S>.json
-    OUT/runs/logs/<job>.txt                              each process's output
-    OUT/runs/jobs.json                                   this command, every job's exit and time
+    RUNS/smooth_growth/<variant>/seed<S>.json        one main-job run
+    RUNS/smooth_growth/drift/<variant>.json          its 1-vs-4-device digits runs
+    RUNS/progressive_vs_direct/<side>/seed<S>.json
+    RUNS/logs/<job>.txt                              each process's output
+    RUNS/jobs.json                                   this command, every job's exit and time
     OUT/<script>/result.json, OUT/<script>/<script>.png  what --collect made of them
-    OUT/runs.tar.gz                                      (--tar) the runs folder in one file
+    OUT/runs.tar.gz                                  (--tar) RUNS in one file, as runs/
+
+RUNS is OUT/runs unless --runs says otherwise (a machine that sends back only a few files
+from OUT: keep RUNS elsewhere and send the tar). Elsewhere, unpack the tar and collect:
+
+    tar xzf runs.tar.gz -C DIR && python experiments/smooth_growth.py --collect DIR/runs
 
 Processes share one GPU (XLA_PYTHON_CLIENT_PREALLOCATE=false: each takes the memory it uses,
 not 75% of the card) and one persistent compilation cache (JAX_COMPILATION_CACHE_DIR, a fresh
@@ -177,7 +182,8 @@ def parse(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="\n".join(__doc__.splitlines()[1:]))
-  p.add_argument("--out", required=True, help="where runs/, the results and the tar go")
+  p.add_argument("--out", required=True, help="where the results (and the tar) go")
+  p.add_argument("--runs", help="where the runs' JSON and logs go (default OUT/runs)")
   p.add_argument("--quick", action="store_true", help="tiny digits runs (a smoke test)")
   p.add_argument("--scripts", default=",".join(SCRIPTS), help="comma-separated, of "
                  f"{', '.join(SCRIPTS)} (default both)")
@@ -200,13 +206,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.error(f"--scripts: unknown {unknown}; known: {', '.join(SCRIPTS)}")
   if args.parallel < 1 or args.cpu_parallel < 1:
     p.error("--parallel and --cpu-parallel: at least 1")
-  args.runs = os.path.join(args.out, "runs")
+  args.runs = args.runs or os.path.join(args.out, "runs")
   return args
 
 
 def main(argv=None) -> int:
   args = parse(argv)
   jobs = plan(args.scripts, args.quick, args.seeds)
+  import _common  # On the path since plan().
+  _common.set_command(__file__, argv)  # What the collected results say ran them.
   if args.dry_run:
     for j in jobs:
       print(f"{j.pool:<6} {j.script}.py {' '.join(j.args)}")
@@ -223,7 +231,8 @@ def main(argv=None) -> int:
     launcher = Launcher(jobs, args, env, t0)
     with tqdm(total=len(jobs), unit="job", desc="runs") as progress:
       launcher.run(progress)
-    record = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+    given = sys.argv[1:] if argv is None else list(argv)
+    record = {"command": " ".join([os.path.relpath(__file__), *given]),
               "seconds": round(time.monotonic() - t0, 1), "compilation_cache": cache,
               "jobs": [j.report() for j in jobs]}
     with open(os.path.join(args.runs, "jobs.json"), "w") as f:

@@ -9,8 +9,11 @@ import math
 import os
 import runpy
 import sys
+import tarfile
+import time
 
 import pytest
+import tqdm
 
 from progae_jax.schedule import TrainConfig, phases
 
@@ -47,24 +50,78 @@ def _images_in(config: dict) -> int:
   return phases(TrainConfig.from_dict(config))[-1].end
 
 
-def test_progressive_vs_direct(data_dir, tmp_path, monkeypatch, capsys):
-  result, stdout = _run("progressive_vs_direct", data_dir, tmp_path, monkeypatch, capsys)
+def _launch(tmp_path, *argv):
+  """run_parallel.py's main in this process (its jobs are processes of their own)."""
+  path = os.path.join(EXPERIMENTS, "run_parallel.py")
+  return runpy.run_path(path, run_name="run_parallel")["main"]([*argv])
+
+
+def test_progressive_vs_direct_runs_as_parallel_processes(data_dir, tmp_path, monkeypatch):
+  # The launcher's quick mode, for real: one process per run, two at a time, then collect.
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  out = tmp_path / "out"
+  assert _launch(tmp_path, "--quick", "--out", str(out), "--data-dir", data_dir, "--scripts",
+                 "progressive_vs_direct", "--parallel", "2", "--tar") == 0
+  with open(out / "runs" / "jobs.json") as f:
+    jobs = json.load(f)
+  assert [j["status"] for j in jobs["jobs"]] == ["ok", "ok"] and "--quick" in jobs["command"]
+  with tarfile.open(out / "runs.tar.gz") as tar:
+    names = tar.getnames()
+  assert {"runs/progressive_vs_direct/direct/seed0.json", "runs/jobs.json",
+          "runs/progressive_vs_direct/progressive/seed0.json"} <= set(names)
+  with open(out / "progressive_vs_direct" / "result.json") as f:
+    result = json.load(f)
+  assert result["quick"] is True and result["seeds"] == 1
+  assert "run_parallel.py" in result["command"] and result["machine"][0]["platform"] == "cpu"
+  assert result["versions"][0]["jax"] and result["date"]["first_run"] <= result["date"]["collected"]
   s = result["summary"]
   for key in ("progressive_psnr", "direct_psnr", "direct_psnr_at_progressive_seconds"):
     _spread_ok(s[key], 0, 60)
-  _spread_ok(s["progressive_seconds"], 0, 600)
   for seed in result["per_seed"]:
     assert seed["speedup"] is None or seed["speedup"] > 0
     assert seed["direct_best_psnr"] >= seed["direct_psnr"]
-  # Equal images: both runs train on the progressive schedule's total, evaluated on the way.
-  total = _images_in(result["configs"]["progressive"])
-  assert _images_in(result["configs"]["direct"]) == total
+  # Equal images, and the preset's optimizer on both sides (the direct run anneals too).
+  progressive, direct = result["configs"]["progressive"], result["configs"]["direct"]
+  assert _images_in(direct) == _images_in(progressive)
+  for field in ("adam_b2", "bias_correction", "anneal_images", "ema_decay"):
+    assert direct[field] == progressive[field]
+  assert progressive["adam_b2"] == 0.99 and progressive["anneal_images"] > 0
   for label, resolutions in (("progressive", {4, 8}), ("direct", {8})):
     for curve in result["curves"][label]:
       assert {e["resolution"] for e in curve} == resolutions
       seen = [e["images_seen"] for e in curve]
-      assert seen == sorted(seen) and len(seen) > 2 and seen[-1] == total
-  assert "speed-up" in stdout or "in 0 of 1 seeds" in stdout
+      assert seen == sorted(seen) and len(seen) > 2 and seen[-1] == _images_in(progressive)
+
+
+def test_the_launcher_runs_n_at_a_time_stops_what_overruns_and_shares_a_cache(
+    tmp_path, monkeypatch, capsys):
+  """The launcher's machinery with stand-in jobs (a few lines of Python each, no JAX)."""
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  launcher = runpy.run_path(os.path.join(EXPERIMENTS, "run_parallel.py"), run_name="rp")
+  log = tmp_path / "log"
+  log.mkdir()
+  job = lambda name, pool="device": launcher["Job"](name, "smooth_growth", [], pool, 0)
+  jobs = [job("a"), job("b"), job("slow"), job("slow2"), job("cpu", "cpu"), job("late")]
+  code = ("import os, sys, time; n = sys.argv[1]; open(os.path.join(sys.argv[2], n + '.start'), "
+          "'w').write(os.environ['JAX_COMPILATION_CACHE_DIR'] + ' ' + "
+          "os.environ['XLA_PYTHON_CLIENT_PREALLOCATE']); time.sleep(30 if 'slow' in n else 0.3);"
+          " open(os.path.join(sys.argv[2], n + '.end'), 'w').close()")
+  args = launcher["parse"](["--out", str(tmp_path), "--parallel", "2", "--cpu-parallel", "1",
+                            "--budget-s", "2"])
+  run = launcher["Launcher"](jobs, args, launcher["child_env"]("CACHE", False), time.monotonic())
+  monkeypatch.setattr(run, "_command", lambda j: [sys.executable, "-c", code, j.name, str(log)])
+  with tqdm.tqdm(total=len(jobs), disable=True) as progress:
+    run.run(progress)
+  status = {j.name: j.status for j in jobs}
+  # The slow ones were stopped when the budget ran out, and what was still waiting skipped.
+  assert status == {"a": "ok", "b": "ok", "slow": "timeout", "slow2": "timeout", "cpu": "ok",
+                    "late": "skipped"}, status
+  assert (log / "a.start").read_text() == "CACHE false"
+  # Two device jobs at a time (the slow ones waited for a and b); the CPU job ran beside them.
+  first_end = min(os.path.getmtime(log / "a.end"), os.path.getmtime(log / "b.end"))
+  assert os.path.getmtime(log / "slow.start") >= first_end
+  assert os.path.getmtime(log / "cpu.start") < first_end
+  assert not (log / "slow.end").exists() and not (log / "late.start").exists()
 
 
 def test_direct_lr_pilot(data_dir, tmp_path, monkeypatch, capsys):
@@ -116,14 +173,40 @@ def test_seed_digits(data_dir, tmp_path, monkeypatch, capsys):
   assert "unrecognized arguments: --reuse" in capsys.readouterr().err
 
 
-def test_smooth_growth(data_dir, tmp_path, monkeypatch, capsys):
-  result, stdout = _run("smooth_growth", data_dir, tmp_path, monkeypatch, capsys,
-                        "--variants", "before")
-  assert result["variants"] == {"before": {"bias_correction": "shared"}}
+def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+  # Each (variant, seed) as run_parallel.py starts it (here in this process), then --collect.
+  script = os.path.join(EXPERIMENTS, "smooth_growth.py")
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  main = runpy.run_path(script)["main"]
+  runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
+  common = ["--quick", "--out", runs, "--workdir", str(tmp_path / "work"), "--data-dir", data_dir]
+  # Quick runs keep the tiny schedule's rates: the two eq_lr runs share their compiled steps.
+  for variant in ("preset", "eq_lr_1e-2_3e-3", "eq_lr_1e-2_1e-2"):
+    assert main(["--variant", variant, "--seed", "0", *common]) == 0
+  assert main(["--variant", "preset", "--drift", *common]) == 0
+  assert main(["--collect", runs, "--out", out]) == 0
+  stdout = capsys.readouterr().out
+  with open(os.path.join(out, "smooth_growth.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(out, "result.json")) as f:
+    result = json.load(f)
+  assert result["quick"] is True and "--collect" in result["collect_command"]
+  assert all("--variant" in c for c in result["command"])  # No launcher: the runs' commands.
+  best = result["sweep_best_two_on_seed_0"]
+  assert sorted(best) == ["eq_lr_1e-2_1e-2", "eq_lr_1e-2_3e-3"]
+  assert result["main_table"] == ["preset", *best]
+  assert result["summary"]["eq_lr_1e-2_1e-2"]["changes"]["default_stage.learning_rate"] == 1e-2
+  assert result["config"]["eq_lr_1e-2_3e-3"]["model"]["equalized_lr"] is True
   for label, s in result["summary"].items():
     _spread_ok(s["psnr"], 0, 60)
-    assert s["best_psnr"]["values"][0] >= s["psnr"]["values"][0]
-    assert s["worst_fade_end_drop"]["values"][0] >= 0 and s["spikes"]["values"][0] >= 0
-    drift = s["device_drift"]  # The same run on 1 and on 4 devices: close, if not equal.
-    assert drift["steps"] == 6 and 0 <= drift["max"] < 1e-2
+    [seed] = s["per_seed"]
+    assert seed["best_psnr"] >= seed["psnr"] and seed["worst_fade_end_drop"] >= 0
+    g = s["goals"]
+    assert g["fade_end_drop_ok"] == (seed["worst_fade_end_drop"] <= 1.0)
+    assert g["psnr_mean_ok"] is False and g["psnr_spread_db"] == 0 and g["seeds"] == 1
     assert label in stdout
+  assert result["summary"]["preset"]["goals"]["time_over_preset"] == 1.0
+  assert set(result["verdict"]["psnr_vs_preset_db"]) == set(result["summary"])
+  drift = result["summary"]["preset"]["device_drift"]  # 1 vs 4 devices: close, if not equal.
+  assert drift["steps"] == 6 and 0 <= drift["max"] < 1e-2
