@@ -318,7 +318,8 @@ def run_path(runs_dir: str, name: str, label: str, seed: int) -> str:
 def write_run(runs_dir: str, name: str, run: Run, **extra) -> str:
   """One finished run as JSON: its config, metrics, wall time and where it ran. The training
   records keep what the measures read (not the per-step speed)."""
-  keep = ("step", "images_seen", "resolution", "phase", "alpha", "loss", "grad_norm")
+  keep = ("step", "images_seen", "resolution", "phase", "alpha", "loss", "grad_norm",
+          "train_seconds", "images_per_s")  # The last two: on a window's last step only.
   record = {"experiment": name, "variant": run.label, "seed": run.seed, **extra,
             "command": command(), "machine": machine(), "versions": versions(), "date": now(),
             "wall_seconds": run.wall_seconds, "config": run.config.to_dict(),
@@ -359,8 +360,9 @@ def provenance(runs_dir: str, records: list[dict]) -> dict:
   if os.path.exists(jobs):
     with open(jobs) as f:
       launched = json.load(f).get("command")
-  unique = lambda key: [json.loads(s) for s in sorted({json.dumps(r[key], sort_keys=True)
-                                                       for r in records})]
+  def unique(key):  # The one value all runs share, else the list of those seen.
+    seen = [json.loads(s) for s in sorted({json.dumps(r[key], sort_keys=True) for r in records})]
+    return seen[0] if len(seen) == 1 else seen
   dates = sorted(r["date"] for r in records)
   return {"command": launched or sorted({r["command"] for r in records}),
           "collect_command": command(), "machine": unique("machine"),

@@ -87,6 +87,8 @@ def compare(progressive: c.Run, direct: c.Run) -> dict:
   level = max(e["psnr_full"] for e in d)
   direct_s = crossing(d, level, "train_seconds")
   reach_s = crossing(p, level, "train_seconds")
+  direct_images = crossing(d, level, "images_seen")
+  reach_images = crossing(p, level, "images_seen")
   return {"seed": progressive.seed,
           "progressive_psnr": p[-1]["psnr_full"], "progressive_ssim": p[-1]["ssim_full"],
           "direct_psnr": d[-1]["psnr_full"], "direct_ssim": d[-1]["ssim_full"],
@@ -95,8 +97,11 @@ def compare(progressive: c.Run, direct: c.Run) -> dict:
           "direct_psnr_at_progressive_seconds": at(d, p_time, "train_seconds"),
           "direct_seconds_to_its_best": direct_s,
           "progressive_seconds_to_direct_best": reach_s,
-          "progressive_images_to_direct_best": crossing(p, level, "images_seen"),
-          "speedup": direct_s / reach_s if reach_s else None}
+          "progressive_images_to_direct_best": reach_images,
+          "direct_images_to_its_best": direct_images,
+          "speedup": direct_s / reach_s if reach_s else None,
+          # Where compiles take most of a short run's seconds (a GPU), images tell more.
+          "speedup_in_images": direct_images / reach_images if reach_images else None}
 
 
 def plot(runs: dict[str, list[c.Run]]):
@@ -137,7 +142,8 @@ def summarize(per_seed: list[dict]) -> dict:
   summary["reached"] = f"{len(reached)} of {len(per_seed)}"
   if reached:
     for k in ("speedup", "direct_seconds_to_its_best", "progressive_seconds_to_direct_best",
-              "progressive_images_to_direct_best"):
+              "progressive_images_to_direct_best", "direct_images_to_its_best",
+              "speedup_in_images"):
       summary[k] = c.spread(s[k] for s in reached)
   print(f"final PSNR at equal images: progressive {c.fmt(summary['progressive_psnr'])} dB, "
         f"direct {c.fmt(summary['direct_psnr'])} dB (best on the way: "

@@ -157,8 +157,13 @@ class Launcher:
 
 
 def prepare_data(args, env) -> None:
-  """The datasets, prepared once before the jobs start (not by eight processes at once)."""
-  names = ["digits"] + ([] if args.quick else ["image_patches"])
+  """The datasets, prepared once before the jobs start (not by eight processes at once; each
+  would wait for the first to finish). A folder that is there already is taken as prepared:
+  a job that finds it incomplete prepares it itself."""
+  names = [n for n in ["digits"] + ([] if args.quick else ["image_patches"])
+           if not (args.data_dir and os.path.isdir(os.path.join(args.data_dir, n)))]
+  if not names:
+    return
   code = ("import sys\nfrom progae_jax import data\n"
           "for name in sys.argv[2:]: data.prepare(name, data_dir=sys.argv[1] or None)")
   subprocess.run([sys.executable, "-c", code, args.data_dir or "", *names], env=env,
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     prepare_data(args, env)
     launcher = Launcher(jobs, args, env, t0)
-    with tqdm(total=len(jobs), unit="job", desc="runs") as progress:
+    with tqdm(total=len(jobs), unit="job", desc="runs", mininterval=5) as progress:
       launcher.run(progress)
     given = sys.argv[1:] if argv is None else list(argv)
     record = {"command": " ".join([os.path.relpath(__file__), *given]),
