@@ -96,8 +96,9 @@ def main_job(changes: dict, quick: bool, data_dir: str | None) -> TrainConfig:
     model, dataset, s = c.small_setting(True)
     base = c.config(model, dataset, c.budget_schedule(s["budget"] // 2, **s), data_dir,
                     eval_every_images=128, adam_b2=0.99, anneal_images=64).to_dict()
-    # The tiny run's own schedule: keep only the model and optimizer changes.
-    changes = {k: v for k, v in changes.items() if not k.startswith("stages.")
+    # The tiny run's own schedule and model: keep only the optimizer's changes (so the eq_lr
+    # variants are the preset here, and share its compiled steps).
+    changes = {k: v for k, v in changes.items() if not k.startswith(("stages.", "model."))
                and "learning_rate" not in k}
   else:
     base = dict(config_files.preset("main"), eval_every_images=3_200, eval_images=256,

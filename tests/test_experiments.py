@@ -57,11 +57,12 @@ def _launch(tmp_path, *argv):
 
 
 def test_progressive_vs_direct_runs_as_parallel_processes(data_dir, tmp_path, monkeypatch):
-  # The launcher's quick mode, for real: one process per run, two at a time, then collect.
+  # The launcher's quick mode, for real: one process per run, then collect. One at a time:
+  # the second finds the first's compiled 8x8 steps in the shared cache.
   monkeypatch.syspath_prepend(EXPERIMENTS)
   out = tmp_path / "out"
   assert _launch(tmp_path, "--quick", "--out", str(out), "--data-dir", data_dir, "--scripts",
-                 "progressive_vs_direct", "--parallel", "2", "--tar") == 0
+                 "progressive_vs_direct", "--parallel", "1", "--tar") == 0
   with open(out / "runs" / "jobs.json") as f:
     jobs = json.load(f)
   assert [j["status"] for j in jobs["jobs"]] == ["ok", "ok"] and "--quick" in jobs["command"]
@@ -181,7 +182,7 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
   main = runpy.run_path(script)["main"]
   runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
   common = ["--quick", "--out", runs, "--workdir", str(tmp_path / "work"), "--data-dir", data_dir]
-  # Quick runs keep the tiny schedule's rates: the two eq_lr runs share their compiled steps.
+  # Quick runs keep the tiny model and schedule: the three runs share their compiled steps.
   for variant in ("preset", "eq_lr_1e-2_3e-3", "eq_lr_1e-2_1e-2"):
     assert main(["--variant", variant, "--seed", "0", *common]) == 0
   assert main(["--variant", "preset", "--drift", *common]) == 0
@@ -197,7 +198,6 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
   assert sorted(best) == ["eq_lr_1e-2_1e-2", "eq_lr_1e-2_3e-3"]
   assert result["main_table"] == ["preset", *best]
   assert result["summary"]["eq_lr_1e-2_1e-2"]["changes"]["default_stage.learning_rate"] == 1e-2
-  assert result["config"]["eq_lr_1e-2_3e-3"]["model"]["equalized_lr"] is True
   for label, s in result["summary"].items():
     _spread_ok(s["psnr"], 0, 60)
     [seed] = s["per_seed"]
