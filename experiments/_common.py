@@ -209,6 +209,14 @@ def machine() -> dict:
           "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
 
 
+def cpu_machine(devices) -> dict:
+  """`machine()` for runs made in CPU-only child processes (without starting JAX here)."""
+  from importlib import metadata
+  return {"platform": "cpu", "devices": devices, "device_kind": "cpu",
+          "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+          "jax": metadata.version("jax")}
+
+
 def write(out: str, name: str, result: dict, figure) -> tuple[str, str]:
   """`<out>/result.json` (with the command and machine) and `<out>/<name>.png`."""
   os.makedirs(out, exist_ok=True)

@@ -185,7 +185,8 @@ def write_drift(runs_dir: str, variant: str, drift: dict) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump({"variant": variant, "changes": VARIANTS[variant], "drift": drift,
-               "command": c.command(), "machine": c.machine(), "versions": c.versions(),
+               "command": c.command(), "machine": c.cpu_machine([1, 4]),
+               "versions": c.versions(),
                "date": c.now()}, f, indent=1)
   return path
 
