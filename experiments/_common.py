@@ -360,6 +360,18 @@ def read_runs(runs_dir: str, name: str) -> tuple[dict[str, list[Run]], list[dict
   return runs, records
 
 
+def missing_runs(jobs: list[dict], runs: dict[str, list[Run]]) -> list[str]:
+  """The device jobs of a plan (a script's `jobs()`) whose run is not among `runs`."""
+  have = {(label, r.seed) for label, seeded in runs.items() for r in seeded}
+  out = []
+  for job in jobs:
+    if job["pool"] == "device":
+      variant = job["args"][job["args"].index("--variant") + 1]
+      if (variant, job["seed"]) not in have:
+        out.append(f"{variant} seed {job['seed']}")
+  return out
+
+
 def provenance(runs_dir: str, records: list[dict]) -> dict:
   """Where and how the collected runs ran: the launcher's command (run_parallel.py's
   jobs.json, if there), the machines, versions and dates the runs recorded, and this step."""

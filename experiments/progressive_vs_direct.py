@@ -168,7 +168,10 @@ def collect(runs_dir: str, out: str) -> dict:
                      f"under {os.path.join(runs_dir, NAME)}")
   runs = {k: [r for r in runs[k] if r.seed in seeds] for k in VARIANTS}
   per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
-  result = {**c.provenance(runs_dir, records), "quick": records[0].get("quick", False),
+  quick = records[0].get("quick", False)
+  missing = c.missing_runs(jobs(quick), runs)
+  print(f"missing runs: {', '.join(missing) or 'none'}")
+  result = {**c.provenance(runs_dir, records), "quick": quick, "missing": missing,
             "seeds": len(seeds), "per_seed": per_seed, "summary": summarize(per_seed),
             "configs": {k: v[0].config.to_dict() for k, v in runs.items()},
             "curves": {k: [r.evals for r in v] for k, v in runs.items()}}

@@ -1,10 +1,10 @@
 """Run the smooth-growth and progressive-vs-direct measurements as many processes, N at a time, then collect them.
 
     python experiments/run_parallel.py --out runs/smooth             # every run, then collect
-    python experiments/run_parallel.py --out $OUT --parallel 8 --budget-s 270 --tar
+    python experiments/run_parallel.py --out /tmp/m --runs /tmp/r --budget-s 240 --tar r.tar.gz
     python experiments/run_parallel.py --quick --out /tmp/q          # tiny runs (a smoke test)
 
-Every job is one process (`SCRIPT --variant V --seed S --out OUT/runs`) writing its own JSON:
+Every job is one process (`SCRIPT --variant V --seed S --out RUNS`) writing its own JSON:
 
     RUNS/smooth_growth/<variant>/seed<S>.json        one main-job run
     RUNS/smooth_growth/drift/<variant>.json          its 1-vs-4-device digits runs
@@ -13,6 +13,7 @@ Every job is one process (`SCRIPT --variant V --seed S --out OUT/runs`) writing 
     RUNS/jobs.json                                   this command, every job's exit and time
     OUT/<script>/result.json, OUT/<script>/<script>.png  what --collect made of them
     OUT/runs.tar.gz                                  (--tar) RUNS in one file, as runs/
+                                                     (--tar PATH: there instead)
 
 RUNS is OUT/runs unless --runs says otherwise (a machine that sends back only a few files
 from OUT: keep RUNS elsewhere and send the tar). Elsewhere, unpack the tar and collect:
@@ -27,7 +28,7 @@ nothing. Jobs start in the scripts' order (seed 0 of every variant first), "devi
 `--parallel` at a time and the CPU-only drift runs `--cpu-parallel` at a time beside them,
 each under `--job-timeout`; after `--budget-s` seconds no job starts and running ones are
 stopped, so the command ends in time with what finished. Each script's `--collect` then
-works on the runs that are there, and says which are missing.
+works on the runs that are there, and lists the missing ones in its result.json.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--data-dir", help="tfds data directory (default: tfds's own)")
   p.add_argument("--workdir", help="the runs' work directories (default: a temporary folder, "
                  "removed at the end)")
-  p.add_argument("--tar", action="store_true", help="also pack OUT/runs into OUT/runs.tar.gz")
+  p.add_argument("--tar", nargs="?", const="", metavar="PATH",
+                 help="also pack RUNS (as runs/) into PATH (default OUT/runs.tar.gz)")
   p.add_argument("--dry-run", action="store_true", help="print the jobs, run nothing")
   args = p.parse_args(argv)
   args.scripts = args.scripts.split(",")
@@ -248,9 +250,11 @@ def main(argv=None) -> int:
     collected = collect(args)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  if args.tar:
-    with tarfile.open(os.path.join(args.out, "runs.tar.gz"), "w:gz") as tar:
+  if args.tar is not None:
+    path = args.tar or os.path.join(args.out, "runs.tar.gz")
+    with tarfile.open(path, "w:gz") as tar:
       tar.add(args.runs, arcname="runs")
+    print(f"wrote {path}")
   return 0 if counts["ok"] == len(jobs) and not collected else 1
 
 

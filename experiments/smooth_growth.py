@@ -317,15 +317,16 @@ def collect(runs_dir: str, out: str) -> dict:
   summary = {v: summarize(v, runs[v], drift.get(v), preset_s) for v in order}
   best = best_two_of_sweep(summary)
   main_table = [v for v in ("before", "preset", *best) if v in summary]
-  result = {**c.provenance(runs_dir, records), "quick": records[0].get("quick", False),
-            "goals": GOALS, "sweep_best_two_on_seed_0": best, "main_table": main_table,
+  quick = records[0].get("quick", False)
+  result = {**c.provenance(runs_dir, records), "quick": quick,
+            "missing": c.missing_runs(jobs(quick), runs), "goals": GOALS, "sweep_best_two_on_seed_0": best, "main_table": main_table,
             "verdict": verdict(summary), "summary": summary,
             "drift_only": {v: d for v, d in drift.items() if v not in summary},
             "config": {v: runs[v][0].config.to_dict() for v in order},
             "curves": {v: [[[e["images_seen"], e["psnr_full"]] for e in r.evals]
                            for r in runs[v]] for v in order}}
   print(f"the sweep's best two on seed 0: {', '.join(best) or '-'}; "
-        f"{result['verdict']['why']}")
+        f"{result['verdict']['why']}; missing runs: {', '.join(result['missing']) or 'none'}")
   c.write_collected(out, NAME, result, plot(runs, summary, main_table))
   return result
 

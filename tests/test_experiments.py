@@ -62,7 +62,7 @@ def test_progressive_vs_direct_runs_as_parallel_processes(data_dir, tmp_path, mo
   monkeypatch.syspath_prepend(EXPERIMENTS)
   out = tmp_path / "out"
   assert _launch(tmp_path, "--quick", "--out", str(out), "--data-dir", data_dir, "--scripts",
-                 "progressive_vs_direct", "--parallel", "1", "--tar") == 0
+                 "progressive_vs_direct", "--parallel", "1", "--tar") == 0  # OUT/runs.tar.gz
   with open(out / "runs" / "jobs.json") as f:
     jobs = json.load(f)
   assert [j["status"] for j in jobs["jobs"]] == ["ok", "ok"] and "--quick" in jobs["command"]
@@ -72,7 +72,7 @@ def test_progressive_vs_direct_runs_as_parallel_processes(data_dir, tmp_path, mo
           "runs/progressive_vs_direct/progressive/seed0.json"} <= set(names)
   with open(out / "progressive_vs_direct" / "result.json") as f:
     result = json.load(f)
-  assert result["quick"] is True and result["seeds"] == 1
+  assert result["quick"] is True and result["seeds"] == 1 and result["missing"] == []
   assert "run_parallel.py" in result["command"] and result["machine"]["platform"] == "cpu"
   assert result["versions"]["jax"] and result["date"]["first_run"] <= result["date"]["collected"]
   s = result["summary"]
@@ -193,6 +193,7 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
   with open(os.path.join(out, "result.json")) as f:
     result = json.load(f)
   assert result["quick"] is True and "--collect" in result["collect_command"]
+  assert result["missing"] == ["before seed 0"]  # The quick plan's run this test left out.
   assert all("--variant" in c for c in result["command"])  # No launcher: the runs' commands.
   best = result["sweep_best_two_on_seed_0"]
   assert sorted(best) == ["eq_lr_1e-2_1e-2", "eq_lr_1e-2_3e-3"]
