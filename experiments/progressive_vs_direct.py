@@ -161,6 +161,9 @@ def summarize(per_seed: list[dict]) -> dict:
 def collect(runs_dir: str, out: str) -> dict:
   """result.json and the plot from the runs under `runs_dir` (the seeds both sides have)."""
   runs, records = c.read_runs(runs_dir, NAME)
+  quick = records[0].get("quick", False) if records else False
+  missing = c.missing_runs(jobs(quick), runs)
+  print(f"missing runs: {', '.join(missing) or 'none'}")
   seeds = sorted({r.seed for r in runs.get("progressive", [])}
                  & {r.seed for r in runs.get("direct", [])})
   if not seeds:
@@ -168,9 +171,6 @@ def collect(runs_dir: str, out: str) -> dict:
                      f"under {os.path.join(runs_dir, NAME)}")
   runs = {k: [r for r in runs[k] if r.seed in seeds] for k in VARIANTS}
   per_seed = [compare(pr, dr) for pr, dr in zip(runs["progressive"], runs["direct"])]
-  quick = records[0].get("quick", False)
-  missing = c.missing_runs(jobs(quick), runs)
-  print(f"missing runs: {', '.join(missing) or 'none'}")
   result = {**c.provenance(runs_dir, records), "quick": quick, "missing": missing,
             "seeds": len(seeds), "per_seed": per_seed, "summary": summarize(per_seed),
             "configs": {k: v[0].config.to_dict() for k, v in runs.items()},
