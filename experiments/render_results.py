@@ -145,6 +145,11 @@ def fmt_ratio(spread: dict) -> str:
 # The tables
 
 
+def _if_reached(s: dict, key: str, digits: int, unit: str) -> str:
+  """A number over the seeds whose progressive run reached the direct model's best PSNR."""
+  return fmt(s[key], digits, unit) if key in s else "not reached"
+
+
 @table("progressive_vs_direct", "experiments/results/progressive_vs_direct/result.json")
 def progressive_vs_direct(result: dict) -> list[str]:
   s = result["summary"]
@@ -160,11 +165,14 @@ def progressive_vs_direct(result: dict) -> list[str]:
        fmt(s["progressive_psnr"], unit=" dB"),
        fmt(s["direct_psnr_at_progressive_seconds"], unit=" dB")],
       ["seconds to reach the direct model's best PSNR",
-       f"**{fmt(s['progressive_seconds_to_direct_best'], 0, ' s')}**",
-       fmt(s["direct_seconds_to_its_best"], 0, " s")],
-      ["speed-up to the direct model's best PSNR", f"**{fmt(s['speedup'], 1, 'x')}** "
+       f"**{_if_reached(s, 'progressive_seconds_to_direct_best', 0, ' s')}**",
+       _if_reached(s, "direct_seconds_to_its_best", 0, " s")],
+      ["speed-up to the direct model's best PSNR", f"**{_if_reached(s, 'speedup', 1, 'x')}** "
        f"({s['reached']} seeds reached it)", ""],
   ]
+  if "speedup_in_images" in s:  # Where compiles dominate a run's seconds (a GPU), images.
+    rows.append(["... in images (the direct run's over the progressive run's)",
+                 fmt(s["speedup_in_images"], 1, "x"), ""])
   return markdown_table(["", "progressive", "direct at 32x32"], rows)
 
 
@@ -176,9 +184,9 @@ def progressive_vs_direct_headline(result: dict) -> list[str]:
   rows = [["best held-out PSNR on the way", fmt(s["progressive_best_psnr"], unit=" dB"),
            fmt(s["direct_best_psnr"], unit=" dB")],
           ["seconds to reach the direct model's best PSNR",
-           f"**{fmt(s['progressive_seconds_to_direct_best'], 0, ' s')}**",
-           fmt(s["direct_seconds_to_its_best"], 0, " s")],
-          ["speed-up to that PSNR", f"**{fmt(s['speedup'], 1, 'x')}**", ""]]
+           f"**{_if_reached(s, 'progressive_seconds_to_direct_best', 0, ' s')}**",
+           _if_reached(s, "direct_seconds_to_its_best", 0, " s")],
+          ["speed-up to that PSNR", f"**{_if_reached(s, 'speedup', 1, 'x')}**", ""]]
   return markdown_table(["", "progressive", "direct at 32x32"], rows)
 
 
@@ -217,15 +225,45 @@ def seed_digits(result: dict) -> list[str]:
   return markdown_table(["", "held-out PSNR (dB)"], rows)
 
 
+def _first_seed(s: dict, key: str):
+  """A variant's number for its lowest seed (seed 0 of the sweep)."""
+  if "per_seed" in s:
+    return min(s["per_seed"], key=lambda m: m["seed"])[key]
+  return s[key]["values"][0]  # A file from before per-seed records: seeds in order.
+
+
 @table("smooth_growth", "experiments/results/smooth_growth/result.json")
 def smooth_growth(result: dict) -> list[str]:
+  """The issue's table: `before`, the preset and the sweep's best two (`main_table`; every
+  variant in a file without one), over every seed."""
+  rows = []
+  for variant in result.get("main_table") or list(result["summary"]):
+    s = result["summary"][variant]
+    drops = " / ".join(fmt(s["fade_end_drop"][r]) for r in sorted(s["fade_end_drop"], key=int))
+    psnr = s["psnr"]["values"]
+    ratio = s.get("goals", {}).get("time_over_preset")
+    rows.append([variant, drops, f"{s['worst_fade_end_drop']['max']:.2f}",
+                 ", ".join(str(int(n)) for n in s["spikes"]["values"]),
+                 fmt(s["psnr"], unit=" dB"), f"{max(psnr) - min(psnr):.2f} dB",
+                 f"{ratio:.2f}x" if ratio is not None else "-"])
+  return markdown_table(["variant", "fade-end drop 8 / 16 / 32 (dB)", "worst, any seed (dB)",
+                         "spikes per seed", "final held-out PSNR", "spread (max - min)",
+                         "training time / preset's"], rows)
+
+
+@table("smooth_growth_sweep", "experiments/results/smooth_growth/result.json")
+def smooth_growth_sweep(result: dict) -> list[str]:
+  """Every variant: its first seed (the sweep) and the mean over its seeds."""
+  diff = result.get("verdict", {}).get("psnr_vs_preset_db", {})
   rows = []
   for variant, s in result["summary"].items():
-    drops = " / ".join(fmt(s["fade_end_drop"][r]) for r in sorted(s["fade_end_drop"], key=int))
-    rows.append([variant, drops, fmt(s["spikes"], 0), fmt(s["psnr"], unit=" dB"),
-                 fmt(s["best_psnr"], unit=" dB")])
-  return markdown_table(["variant", "fade-end drop 8 / 16 / 32 (dB)", "spikes",
-                         "final held-out PSNR", "best on the way"], rows)
+    rows.append([variant, f"{_first_seed(s, 'worst_fade_end_drop'):.2f}",
+                 str(int(_first_seed(s, "spikes"))), f"{_first_seed(s, 'psnr'):.2f}",
+                 f"{fmt(s['psnr'])} ({len(s['psnr']['values'])})",
+                 f"{diff[variant]:+.2f}" if variant in diff else "-"])
+  return markdown_table(["variant", "seed 0: worst fade-end drop (dB)", "seed 0: spikes",
+                         "seed 0: final PSNR (dB)", "final PSNR (dB) over seeds (how many)",
+                         "mean vs the preset's (dB)"], rows)
 
 
 @table("device_drift", "experiments/results/smooth_growth/result.json")
@@ -233,8 +271,9 @@ def device_drift(result: dict) -> list[str]:
   steps = ("40", "90", "150")
   rows = []
   for variant, s in result["summary"].items():
-    by_step = s["device_drift"]["by_step"]
-    rows.append([variant] + [f"{by_step[k]:.1e}" for k in steps])
+    if s.get("device_drift"):  # Variants whose digits run is another's have none.
+      by_step = s["device_drift"]["by_step"]
+      rows.append([variant] + [f"{by_step[k]:.1e}" if k in by_step else "-" for k in steps])
   return markdown_table(["variant"] + [f"by step {k}" for k in steps], rows)
 
 
