@@ -275,6 +275,16 @@ def add_job_flags(p: argparse.ArgumentParser, variants) -> None:
   p.add_argument("--seed", type=int, default=0, help="the seed of --variant (default 0)")
   p.add_argument("--collect", metavar="RUNS",
                  help="read the runs' JSON under RUNS and write result.json and the plot")
+  p.add_argument("--deterministic", action="store_true",
+                 help="with --variant: deterministic GPU kernels (TrainConfig.deterministic)")
+
+
+def set_up_job(args) -> None:
+  """What a job's process sets up before JAX starts: CPU devices, deterministic kernels."""
+  if getattr(args, "deterministic", False):
+    from progae_jax import compilation
+    compilation.request_deterministic()
+  set_up_cpu()
 
 
 def parse_job_args(p: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:

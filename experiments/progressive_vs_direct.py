@@ -187,7 +187,7 @@ def jobs(quick: bool, seeds: int | None = None) -> list[dict]:
 
 def _one_job(args) -> int:
   cfg = dataclasses.replace(variants(args.quick, args.data_dir, args.direct_lr)[args.variant],
-                            seed=args.seed)
+                            seed=args.seed, deterministic=args.deterministic)
   run = c.run(cfg, os.path.join(args.workdir, args.variant, f"seed{args.seed}"), args.variant)
   c.write_run(args.out, NAME, run, quick=args.quick)
   return 0
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                       "experiments/direct_lr_pilot.py)")
   args = c.parse_job_args(p, argv, NAME)
   c.set_command(__file__, argv)
-  c.set_up_cpu()
+  c.set_up_job(args)
   if args.collect:
     collect(args.collect, args.out)
   elif args.variant:
@@ -213,6 +213,7 @@ def main(argv=None) -> int:
       _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
                                     *(["--quick"] if args.quick else []),
                                     *(["--data-dir", args.data_dir] if args.data_dir else []),
+                                    *(["--deterministic"] if args.deterministic else []),
                                     *(["--direct-lr", str(args.direct_lr)]
                                       if args.direct_lr else [])], NAME))
     collect(runs_dir, args.out)

@@ -111,7 +111,8 @@ class Launcher:
     a = self.args
     return [sys.executable, os.path.join(HERE, f"{job.script}.py"), *job.args,
             "--out", a.runs, "--workdir", os.path.join(a.workdir, job.script),
-            *(["--quick"] if a.quick else []), *(["--data-dir", a.data_dir] if a.data_dir else [])]
+            *(["--quick"] if a.quick else []), *(["--data-dir", a.data_dir] if a.data_dir else []),
+            *(["--deterministic"] if a.deterministic and job.pool == "device" else [])]
 
   def _start(self, job: Job, now: float) -> None:
     log = open(os.path.join(self.logs, f"{job.name}.txt"), "w")
@@ -206,6 +207,8 @@ def parse(argv=None) -> argparse.Namespace:
                  "removed at the end)")
   p.add_argument("--tar", nargs="?", const="", metavar="PATH",
                  help="also pack RUNS (as runs/) into PATH (default OUT/runs.tar.gz)")
+  p.add_argument("--deterministic", action="store_true",
+                 help="the device jobs with deterministic GPU kernels (the same bits on a rerun)")
   p.add_argument("--dry-run", action="store_true", help="print the jobs, run nothing")
   args = p.parse_args(argv)
   args.scripts = args.scripts.split(",")

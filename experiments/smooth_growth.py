@@ -341,7 +341,7 @@ def _one_job(args) -> int:
     print(f"wrote {write_drift(args.out, args.variant, d)}: 1 vs 4 devices {d['max']:.1e}")
     return 0
   cfg = main_job(VARIANTS[args.variant], args.quick, args.data_dir)
-  cfg = dataclasses.replace(cfg, seed=args.seed)
+  cfg = dataclasses.replace(cfg, seed=args.seed, deterministic=args.deterministic)
   run = c.run(cfg, os.path.join(args.workdir, args.variant, f"seed{args.seed}"), args.variant)
   c.write_run(args.out, NAME, run, changes=VARIANTS[args.variant], quick=args.quick,
               measured=measure(run))
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
   c.set_command(__file__, argv)
   if args.drift and not args.variant:
     p.error("--drift needs --variant")
-  c.set_up_cpu()
+  c.set_up_job(args)
   if args.collect:
     collect(args.collect, args.out)
   elif args.variant:
@@ -367,7 +367,8 @@ def main(argv=None) -> int:
     for job in jobs(args.quick, args.seeds):
       _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
                                     *(["--quick"] if args.quick else []),
-                                    *(["--data-dir", args.data_dir] if args.data_dir else [])],
+                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
+                                    *(["--deterministic"] if args.deterministic else [])],
                                 NAME))
     collect(runs_dir, out)
   return 0

@@ -211,3 +211,9 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
   assert set(result["verdict"]["psnr_vs_preset_db"]) == set(result["summary"])
   drift = result["summary"]["preset"]["device_drift"]  # 1 vs 4 devices: close, if not equal.
   assert drift["steps"] == 6 and 0 <= drift["max"] < 1e-2
+  # docs/results.md's tables render from such a file: the rows, every variant, drift.
+  import render_results
+  tables = {name: render_results.TABLES[name].render(result)
+            for name in ("smooth_growth", "smooth_growth_sweep", "device_drift")}
+  assert [row.split(" | ")[0][2:] for row in tables["smooth_growth"][2:]] == result["main_table"]
+  assert len(tables["smooth_growth_sweep"]) == 2 + 3 and len(tables["device_drift"]) == 2 + 1
