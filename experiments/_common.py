@@ -280,11 +280,14 @@ def add_job_flags(p: argparse.ArgumentParser, variants) -> None:
 
 
 def set_up_job(args) -> None:
-  """What a job's process sets up before JAX starts: CPU devices, deterministic kernels."""
+  """What a job's process sets up before JAX starts, as `progae train` does: CPU devices,
+  the persistent compilation cache (JAX_COMPILATION_CACHE_DIR if set: run_parallel.py's,
+  shared by its jobs) and, if asked, deterministic kernels."""
+  from progae_jax import compilation
   if getattr(args, "deterministic", False):
-    from progae_jax import compilation
     compilation.request_deterministic()
   set_up_cpu()
+  compilation.enable_cache()
 
 
 def parse_job_args(p: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
