@@ -7,8 +7,8 @@
 Loop: `train_and_evaluate` itself, every phase as the config has it (the tiny setting's are
 long enough to time); its rate is the median `images_per_s` of each phase's log windows in
 metrics.jsonl, the phase's first window left out (it holds the phase's start). Step: the
-same stage's compiled step alone, on one batch already on the devices (`progae bench`'s
-`prepare_jax_stage`), timed in this process after the loop, at the loop's batch size.
+same phase's program alone (the one the loop ran, compiled already), on a state grown to
+its stage and one batch already on the devices, timed in this process after the loop.
 
 The breakdown: the whole call's wall time, split by `RunResult.timings` (start-up, growth,
 waiting for a compile, writing metrics, evaluation, checkpoints, the end), the training steps
@@ -83,13 +83,44 @@ def loop_rates(workdir: str) -> dict[str, float]:
   return {k: statistics.median(v[1:]) for k, v in by_phase.items() if len(v) > 1}
 
 
-def step_rate(config, name: str, batch: int, rounds: int = 5) -> float:
-  from progae_jax import bench
-  resolution, phase = int(name.split("x")[0]), name.split()[1]
-  stage = bench.prepare_jax_stage(config.model, resolution, phase == "fade", batch, 0.5,
-                                  compute_dtype=config.compute_dtype)
-  steps = bench._steps_per_window(stage, None, window_s=1.0)
-  return statistics.median(steps * batch / stage.run(steps) for _ in range(rounds))
+def step_rates(config, plan, window_s: float = 0.5, rounds: int = 3) -> dict[str, float]:
+  """Images/s of each phase's own train program (the loop's, compiled already) alone: a state
+  grown to the phase's stage, one random batch on the devices, the median of `rounds`
+  windows of about `window_s`."""
+  import jax
+  import numpy as np
+
+  from progae_jax import optim, parallel, steps, train_state
+  from progae_jax.model import stage_of
+  mesh = parallel.make_mesh()
+  optimizer = optim.optimizer_for(config)
+  programs = steps.programs_for(config, optimizer, mesh)
+  advance = lambda state: programs.advance_step(stage_of(state["params"]))(state)
+  state, rates = train_state.init_state(config, optimizer, mesh), {}
+  for phase in plan:
+    state = train_state.move_to_phase(state, phase, config, optimizer, mesh, advance=advance)
+    program = programs.train_step(phase)
+    shape = (phase.batch_size, phase.resolution, phase.resolution,
+             config.model.image_channels)
+    batch = jax.device_put(np.random.default_rng(0).random(shape, np.float32),
+                           parallel.data_sharding(mesh))
+    alpha = np.float32(0.5 if phase.fading else 1.0)
+
+    def run(n, state=state):
+      t = time.perf_counter()
+      for _ in range(n):
+        state, metrics = program(state, batch, alpha)
+      jax.block_until_ready(state)
+      return state, time.perf_counter() - t
+
+    state, seconds = run(3)  # Warm-up.
+    n = max(3, int(window_s / max(seconds / 3, 1e-6)))
+    timed = []
+    for _ in range(rounds):
+      state, seconds = run(n, state)
+      timed.append(n * phase.batch_size / seconds)
+    rates[phase.name] = statistics.median(timed)
+  return rates
 
 
 def critical_compile_s(timings, compiles: CompileLog) -> float:
@@ -118,11 +149,13 @@ def measure(args) -> dict:
   seconds = dict(result.timings.seconds)
   beside = {"pictures": seconds.pop("pictures")}
   steps_s = wall - sum(seconds.values())
-  batch = {p.name: p.batch_size for p in phases(config)}
+  plan = phases(config)
+  batch = {p.name: p.batch_size for p in plan}
+  print("timing each phase's step alone ...", flush=True)
+  alone = step_rates(config, plan)
   stages = []
   for name, loop in rates.items():
-    print(f"timing the bare step at {name} ...", flush=True)
-    step = step_rate(config, name, batch[name])
+    step = alone[name]
     stages.append({"phase": name, "batch": batch[name], "loop_img_per_s": round(loop, 1),
                    "step_img_per_s": round(step, 1), "loop_over_step": round(loop / step, 3)})
   return {"kind": "loop", "preset": args.preset or "tiny", "images_scale": args.images_scale,

@@ -335,6 +335,46 @@ def stale_pages() -> list[str]:
   return out
 
 
+def _loop_table(r: dict) -> list[str]:
+  """The loop beside its own step, phase by phase; then where the run's wall time went."""
+  stages = markdown_table(
+      ["phase", "batch", "loop img/s", "step alone img/s", "loop / step"],
+      [[s["phase"], s["batch"], f"{s['loop_img_per_s']:,.0f}", f"{s['step_img_per_s']:,.0f}",
+        f"{s['loop_over_step']:.2f}"] for s in r["stages"]], "lrrrr")
+  spent = [[kind, f"{seconds:.2f}"] for kind, seconds in r["breakdown_s"].items()]
+  spent += [["training steps (the rest)", f"{r['train_steps_s']:.2f}"],
+            ["**whole call**", f"**{r['wall_s']:.2f}**"],
+            ["pictures (in a thread beside the loop)", f"{r['beside_loop_s']['pictures']:.2f}"],
+            ["compiles waited for after the first phase",
+             f"{r['critical_compile_s_after_first_phase']:.2f}"]]
+  return stages + [""] + markdown_table([f"{r['preset']}, {r['images']:,} images: seconds",
+                                         ""], spent, "lr")
+
+
+@table("loop_cpu", "benchmarks/results/loop_cpu.json")
+def loop_cpu(r: dict) -> list[str]:
+  return _loop_table(r)
+
+
+@table("loop_gpu", "benchmarks/results/loop_gpu.json")
+def loop_gpu(r: dict) -> list[str]:
+  return _loop_table(r)
+
+
+@table("process_gpu", "benchmarks/results/process_gpu.json")
+def process_gpu(r: dict) -> list[str]:
+  names = {"cold": "cold: an empty compilation cache", "warm": "warm: the same command again",
+           "deterministic": "--deterministic, its first run",
+           "deterministic_warm": "--deterministic again (warm)"}
+  rows = [[label, f"{r[key]['wall_s']:.1f}", f"{r[key]['final_psnr']:.2f}"]
+          for key, label in names.items()]
+  rows += [["the two --deterministic runs end with the same bits", "",
+            str(r["deterministic_same_bits"])],
+           ["cold and warm end with the same bits", "", str(r["cold_warm_same_bits"])]]
+  return markdown_table([f"`progae train --preset {r['preset']}`, whole process", "wall s",
+                         "final held-out PSNR (dB)"], rows, "lrr")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
