@@ -74,7 +74,8 @@ class TrainConfig:
   # phase's learning rate (optim.boost_fading_in; 1: the same steps as every other weight).
   fade_lr_boost: float = 1.0
   # The run's last this many images train with the learning rate annealed from the phase's
-  # to 0 along a cosine (0: no annealing).
+  # to 0 along a cosine (0: no annealing). Longer than the whole run: its last phase
+  # (`annealing_window`; the run says so when it starts).
   anneal_images: int = 0
   # Alpha's ramp over a fade: 'linear', or 'smooth' (smoothstep: gentle at both ends).
   alpha_ramp: Literal["linear", "smooth"] = "linear"
@@ -213,13 +214,34 @@ def phase_at(plan: list[Phase], images_seen: int) -> Phase | None:
   return None
 
 
+def annealing_window(config: TrainConfig) -> int:
+  """The images the learning rate anneals over: `anneal_images`, unless that is longer than
+  the whole run; then the run's last phase (what the main preset anneals, its last stable
+  phase), so that a shortened schedule never starts at a fraction of its learning rate."""
+  plan = phases(config)
+  if config.anneal_images <= plan[-1].end:
+    return config.anneal_images
+  return plan[-1].end - plan[-1].start
+
+
+def annealing_note(config: TrainConfig) -> str | None:
+  """The line that says the annealing was fitted to the run (None where it was not)."""
+  window = annealing_window(config)
+  if window == config.anneal_images:
+    return None
+  return (f"anneal_images={config.anneal_images:,} is longer than this run "
+          f"({phases(config)[-1].end:,} images): the learning rate anneals over the run's "
+          f"last phase ({window:,} images) instead")
+
+
 def learning_rate_at(config: TrainConfig, phase: Phase, images_seen: int) -> float:
   """The learning rate of the step that starts at `images_seen`: the phase's, times a cosine
-  from 1 to 0 over the run's last `anneal_images` images."""
-  if not config.anneal_images:
+  from 1 to 0 over the run's last `annealing_window(config)` images."""
+  window = annealing_window(config) if config.anneal_images else 0
+  if not window:
     return phase.learning_rate
   end = phases(config)[-1].end
-  t = min(max((images_seen - (end - config.anneal_images)) / config.anneal_images, 0.0), 1.0)
+  t = min(max((images_seen - (end - window)) / window, 0.0), 1.0)
   return phase.learning_rate * 0.5 * (1.0 + math.cos(math.pi * t))
 
 

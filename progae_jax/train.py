@@ -728,19 +728,33 @@ def _local_rows(images: np.ndarray) -> np.ndarray:
   return images[i * per:(i + 1) * per]
 
 
+def _padded(images: np.ndarray, multiple: int) -> np.ndarray:
+  """`images` with copies of the last one appended, up to a multiple of `multiple` rows."""
+  return np.pad(images, [(0, -len(images) % multiple)] + [(0, 0)] * (images.ndim - 1),
+                mode="edge")
+
+
 def _eval_batch(images: np.ndarray, mesh) -> jax.Array:
-  """The held-out images on the devices, once per run, split over them (as many as divide)."""
-  usable = len(images) - len(images) % (mesh.devices.size * jax.process_count())
-  return parallel.global_batch(_local_rows(images[:usable]), mesh)
+  """The held-out images on the devices, once per run, split over them: padded (with copies
+  of the last image) to a multiple of the devices, so that every image is evaluated at any
+  device count; `_held_out_metrics` masks the padding out."""
+  padded = _padded(images, mesh.devices.size * jax.process_count())
+  return parallel.global_batch(_local_rows(padded), mesh)
+
+
+def _held_out_metrics(eval_step, params, batch: jax.Array, count: int, alpha: float):
+  """Means over the first `count` images of `batch` (the padding's rows masked out) and
+  their reconstructions: each held-out image counts exactly once."""
+  per_image, recon = jax.device_get(eval_step(params, batch, np.float32(alpha)))
+  return {k: float(np.mean(v[:count])) for k, v in per_image.items()}, recon[:count]
 
 
 def _evaluate(run: _Run, stage: Stage, alpha: float):
   """Held-out metrics (means over the images) and the reconstructions of those images."""
   with run.timings("compile_wait"):
     eval_step = run.programs.eval_step(stage, run.eval_batch.shape)
-  per_image, recon = jax.device_get(
-      eval_step(_eval_params(run.state), run.eval_batch, np.float32(alpha)))
-  return {k: float(np.mean(v)) for k, v in per_image.items()}, recon
+  return _held_out_metrics(eval_step, _eval_params(run.state), run.eval_batch,
+                           len(run.held_out), alpha)
 
 
 def _grid_path(workdir: str, phase: Phase) -> str:

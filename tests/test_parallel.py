@@ -118,8 +118,35 @@ def role_four_devices(config_path: str, data_dir: str, out: str) -> None:
       and len(x.sharding.device_set) == 4
       for t in (grown, stable) for x in jax.tree_util.tree_leaves(t))
 
+  report["eval_padding"] = _eval_on_4_and_on_1(result.state, config, data_dir, mesh)
+
   with open(os.path.join(out, "four_devices.json"), "w") as f:
     json.dump(report, f)
+
+
+def _eval_on_4_and_on_1(state, config, data_dir: str, mesh) -> dict:
+  """Held-out sets of 1 and 5 images (neither splits over 4 devices), evaluated on the
+  4 devices and on 1: {count: (PSNR on 4, PSNR on 1, reconstructions on 4) or the error}."""
+  import jax
+
+  from progae_jax import data, parallel, steps, train
+
+  params = jax.device_get(state["ema"] if "ema" in state else state["params"])
+  images = data.eval_images("digits", resolution=8, count=5, data_dir=data_dir)
+  one = parallel.make_mesh(1)
+
+  def evaluate(count, on):
+    batch = train._eval_batch(images[:count], on)
+    return train._held_out_metrics(steps.make_eval_step(config, on), params, batch, count, 1.0)
+
+  out = {}
+  for count in (1, 5):
+    try:
+      (on4, recon), (on1, _) = evaluate(count, mesh), evaluate(count, one)
+      out[count] = (on4["psnr"], on1["psnr"], len(recon))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which names it.
+      out[count] = f"{type(e).__name__}: {e}"
+  return out
 
 
 def role_process(config_path: str, data_dir: str, workdir: str, out: str, process_id: str,
@@ -310,6 +337,14 @@ if __name__ != "__main__":
     assert r["state_replicated_on_4"]
     four = dict(np.load(os.path.join(runs["out"], "params4.npz")))
     assert_params_close(four, flat_params(runs["ref"].state["params"]))
+
+  def test_every_held_out_image_counts_once_on_four_devices(runs):
+    """1 and 5 held-out images on 4 devices: the batch is padded and the padding masked, so
+    the PSNR is the 1-device PSNR and there is one reconstruction per image."""
+    for count, got in runs["reports"]["four_devices"]["eval_padding"].items():
+      assert not isinstance(got, str), got
+      on4, on1, recons = got
+      assert recons == int(count) and on4 == pytest.approx(on1, abs=1e-4), (count, got)
 
   def test_growth_reshards_on_the_devices_without_host_transfers(runs):
     r = runs["reports"]["four_devices"]
