@@ -95,6 +95,10 @@ def _train_parser(sub) -> None:
   p.add_argument("--resume-from-step", type=_non_negative_int, metavar="N",
                  help="resume from checkpoint N (images seen), an earlier one than the latest "
                       "(when the latest is damaged); the later checkpoints are replaced")
+  p.add_argument("--continue-on-new-data", action="store_true",
+                 help="resume on a folder whose files changed since the run started: the "
+                      "current phase's data order starts over on the new contents, the "
+                      "held-out images stay the run's own (docs/data.md)")
   p.add_argument("--num-devices", type=_positive_int, help="use only this many local devices")
   p.add_argument("--cpu-devices", type=_non_negative_int,
                  help="on the CPU: host devices to split each batch over (default: one per "
@@ -240,7 +244,8 @@ def cmd_train(args) -> int:
   result = train.train_and_evaluate(config, workdir, restart=args.restart, mesh=mesh,
                                     progress=not args.quiet,
                                     stop_after_images=args.stop_after_images,
-                                    resume_from_step=args.resume_from_step, watch=watch)
+                                    resume_from_step=args.resume_from_step, watch=watch,
+                                    continue_on_new_data=args.continue_on_new_data)
   if result.stopped_by:
     return preemption.EXIT_STATUS[result.stopped_by]
   finished = result.images_seen >= phases(config)[-1].end

@@ -27,6 +27,9 @@ from progae_jax.config import ConfigError
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 OVERRIDE_PREFIX = "--config."
 CONFIG_JSON = "config.json"
+# What config.json records about the run beside its config (continuations on new contents of
+# its folder, pinning.py); `load` leaves it out, so the file still runs the same config.
+RUN_RECORDS = ("data_changes",)
 
 
 def preset_names() -> list[str]:
@@ -59,6 +62,7 @@ def load(path: str) -> dict:
   if not isinstance(fields, dict):
     got = "null" if fields is None else type(fields).__name__
     raise ConfigError(f"--config {path}: holds {got}, not a mapping of TrainConfig fields")
+  fields = {k: v for k, v in fields.items() if k not in RUN_RECORDS}
   fields = unfold_flag_names(fields)
   check_keys(fields, f"--config {path}")
   return fields
@@ -174,12 +178,16 @@ def apply_override(fields: dict, dotted: str, text: str) -> None:
   node[keys[-1]] = value
 
 
-def save(workdir: str, config) -> str:
-  """Writes the whole resolved config to WORKDIR/config.json (through a temporary file)."""
+def save(workdir: str, config, data_changes: list | None = None) -> str:
+  """Writes the whole resolved config to WORKDIR/config.json (through a temporary file), and
+  the run's `data_changes`, if any (RUN_RECORDS)."""
   path = os.path.join(workdir, CONFIG_JSON)
   tmp = path + ".tmp"
+  fields = config.to_dict()
+  if data_changes:
+    fields["data_changes"] = data_changes
   with open(tmp, "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+    json.dump(fields, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
   return path

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from progae_jax import checkpoint as ckpt_lib
-from progae_jax import compilation, config_files, parallel, preemption, steps, writers
+from progae_jax import compilation, config_files, parallel, pinning, preemption, steps, writers
 from progae_jax import workdir as workdir_lib
 from progae_jax.config import MIN_RESOLUTION
 from progae_jax.metrics_log import MetricsLog
@@ -50,6 +50,7 @@ from progae_jax.schedule import (
   Phase,
   TrainConfig,
   alpha_at,
+  annealing_note,
   learning_rate_at,
   phase_at,
   phases,
@@ -153,6 +154,11 @@ class _Run:
   background: _Background = dataclasses.field(default_factory=lambda: _Background())
   eval_batch: jax.Array | None = None  # The held-out images on the devices.
   flushed_at: float = 0.0  # When the last window's metrics reached the host.
+  continue_on_new_data: bool = False  # Resume on a changed folder (pinning.py).
+  pin: tuple | None = None  # (identity, held-out images, changes) to write to the workdir.
+  data_change: dict | None = None  # This resume's continuation on new contents.
+  data_identity: dict | None = None  # The folder's prepared copy now (data.folder_identity).
+  data_pinned: dict | None = None  # The one the run pinned (WORKDIR/data.json), on a resume.
 
   def stop_reached(self) -> bool:
     return (self.stopped_by is not None or self.stop_after_images is not None
@@ -214,7 +220,8 @@ class _Due:
 def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = False,
                        mesh=None, progress: bool = True, stop_after_images: int | None = None,
                        data_module=None, resume_from_step: int | None = None,
-                       watch: writers.Watch = writers.Watch()) -> RunResult:
+                       watch: writers.Watch = writers.Watch(),
+                       continue_on_new_data: bool = False) -> RunResult:
   """Trains through every phase of `config`, resuming from `workdir`'s latest checkpoint
   (or from `resume_from_step`, an earlier one, whose later checkpoints it then replaces).
 
@@ -222,7 +229,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   SIGTERM and SIGINT do the same after the current step (`RunResult.stopped_by`). The work
   directory is locked for the whole run (workdir.py); nothing in it changes before every
   check that can fail has passed. `watch`: TensorBoard (on by default), W&B and profiling
-  (writers.py, profiling.py).
+  (writers.py, profiling.py). A folder's contents are pinned to the run: a resume on a
+  changed folder is refused unless `continue_on_new_data` (pinning.py).
   """
   if data_module is None:
     from progae_jax import data as data_module
@@ -244,6 +252,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, restart: bool = Fal
   try:
     run = _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_images,
                   resume_from_step, watch)
+    run.continue_on_new_data = continue_on_new_data
     with run.signals:
       _resume_or_start(run, restart)
       if run.images_seen >= plan[-1].end:
@@ -353,9 +362,7 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
     raise ckpt_lib.CheckpointError(f"--resume-from-step {run.resume_from_step}: there is no "
                                    f"checkpoint in {ckpt.directory}")
   resuming = bool(ckpt.steps()) and not restart
-  run.held_out = run.data.eval_images(
-      config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
-      data_dir=config.data_dir, **config.dataset_options)
+  run.held_out = _pinned_held_out(run, resuming)
   run.eval_batch = _eval_batch(run.held_out, run.mesh)
   if resuming:
     restored = _restore_for_resume(run)
@@ -367,6 +374,7 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
   else:
     _compile_ahead(run, Stage(MIN_RESOLUTION, False))  # Meanwhile the state is made.
     run.state = init_state(config, run.optimizer, run.mesh)
+  _check_pinned_data(run)
   if resuming:
     replaced = ckpt.delete_after(run.images_seen)
     if run.main:
@@ -380,6 +388,7 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
             "and the pictures are overwritten as phases end")
     ckpt.delete_all()  # A fresh run must not resume from an old one's checkpoints.
   run.log = MetricsLog(run.workdir, run.images_seen or None)
+  _write_pin(run)
   run.clock = _TrainClock(seconds)
   run.bar = _progress_bar(run.plan[-1].end, run.images_seen, enabled=run.main and run.progress)
 
@@ -390,11 +399,61 @@ def _compile_ahead(run: _Run, stage: Stage) -> None:
   run.programs.compile_ahead(left, run.eval_batch.shape, start=stage)
 
 
+def _pinned_held_out(run: _Run, resuming: bool) -> np.ndarray:
+  """The held-out images. A folder's are pinned to the run with its prepared copy
+  (pinning.py): a resume of a run that pinned them evaluates on its own (held_out.npy),
+  whatever the folder holds now. `_check_pinned_data` then compares the copies."""
+  config = run.config
+  identity_of = getattr(run.data, "folder_identity", None)
+  run.data_identity = identity_of and identity_of(config.dataset, data_dir=config.data_dir,
+                                                  **config.dataset_options)
+  run.data_pinned = pinning.pinned(run.workdir) if resuming and run.data_identity else None
+  if run.data_pinned is not None:
+    return pinning.held_out_images(run.workdir)
+  return run.data.eval_images(
+      config.dataset, resolution=config.model.max_resolution, count=config.eval_images,
+      data_dir=config.data_dir, **config.dataset_options)
+
+
+def _check_pinned_data(run: _Run) -> None:
+  """A resume on a folder whose prepared copy changed since the run started is refused, or
+  with `continue_on_new_data` drops the saved data position (the old held-out images stay).
+  Sets what `_write_pin` writes; nothing is written here."""
+  identity, before = run.data_identity, run.data_pinned
+  if not identity:
+    return
+  if before is None:  # A fresh run, or a resume of one that pinned nothing.
+    run.pin = (identity, run.held_out, [])
+    return
+  changes, what = before.get("changes", []), pinning.changed(before, identity)
+  phase = phase_at(run.plan, run.images_seen)
+  if what is not None and phase is not None:
+    if not run.continue_on_new_data:
+      raise pinning.refusal(identity["folder"], what, run.images_seen, phase.name, phase.start)
+    run.data_change = pinning.change_record(what, run.images_seen, before, identity)
+    changes = changes + [run.data_change]
+    run.resume_data = None  # A position in the old contents' order means nothing in the new.
+  run.pin = (dict(identity, held_out=before["held_out"]), run.held_out, changes)
+
+
+def _write_pin(run: _Run) -> None:
+  """WORKDIR/data.json and held_out.npy; a continuation on new contents, said and logged."""
+  if not run.pin or not run.main:
+    return
+  pinning.pin(run.workdir, *run.pin)
+  if run.data_change is not None:
+    change = run.data_change
+    print(f"continuing at {change['images_seen']:,} images on the new contents of "
+          f"{run.pin[0]['folder']} ({change['changes']}), as --continue-on-new-data asks: "
+          "this phase's data order starts over; the held-out images are the run's own")
+    run.log.write({"kind": "data", **change})
+
+
 def _start_watching(run: _Run) -> None:
   """WORKDIR/config.json (the whole resolved config), the writers, the profiler."""
   watch = run.watch
   if run.main:
-    config_files.save(run.workdir, run.config)
+    config_files.save(run.workdir, run.config, data_changes=run.pin[2] if run.pin else None)
   run.writers = writers.open_writers(run.workdir, run.config, resume_at=run.images_seen,
                                      tensorboard=watch.tensorboard, wandb=watch.wandb,
                                      main_process=run.main)
@@ -403,6 +462,8 @@ def _start_watching(run: _Run) -> None:
                               enabled=run.main)
   if run.main and watch.tensorboard and run.progress:
     print(writers.tensorboard_hint(run.workdir))
+  if run.main and annealing_note(run.config):
+    print(annealing_note(run.config))
 
 
 def _restore_for_resume(run: _Run) -> ckpt_lib.Restored:

@@ -18,6 +18,7 @@ from progae_jax import cli, data, plots, train
 from progae_jax.config import ModelConfig
 from progae_jax.schedule import StageSchedule, TrainConfig
 from progae_jax.data import folder
+from conftest import tiny_run
 
 R = 16  # The resolution the folders are prepared at: small, so the tests are fast.
 BROKEN = {"broken/truncated.jpg", "broken/text.jpg", "broken/empty.png"}
@@ -427,3 +428,32 @@ def test_a_library_run_stores_the_folder_as_its_model_takes_it(prepared, tmp_pat
     options = json.load(f)["dataset_options"]
   assert options == {"data_resolution": 8, "channels": 1}
   assert data.dataset_info(str(root), data_dir=data_dir, **options).image_shape == (8, 8, 1)
+
+
+def test_a_resume_on_a_changed_folder_is_refused_or_continues_when_asked(tmp_path, capsys):
+  """The folder's prepared copy and held-out images are pinned to the run: a resume after
+  files were added is one line (status 2) naming both ways on; --continue-on-new-data goes on
+  from the checkpoint with the old held-out images, and config.json and the log say so."""
+  root, workdir = tmp_path / "mine", tmp_path / "run"
+  _write_photos(root, 24, seed=7)
+  config = tmp_path / "config.json"
+  config.write_text(json.dumps(tiny_run(dataset=str(root), eval_images=1)))
+  argv = ["train", "--preset", "digits", "--config", str(config), "--data-dir",
+          str(tmp_path / "tfds"), "--workdir", str(workdir), "--quiet", "--no-tensorboard",
+          "--batch-size", "4", "--fade-images", "0", "--stable-images", "8"]
+  assert cli.main([*argv, "--stop-after-images", "4"]) == 0  # Mid-phase.
+  held_out = np.load(workdir / "held_out.npy")
+  _write_photos(root, 4, seed=8, prefix="more")
+  capsys.readouterr()
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "changed since this run started (4 added, 0 removed" in err[0]
+  assert "--restart" in err[0] and "--continue-on-new-data" in err[0], err
+  assert cli.main([*argv, "--continue-on-new-data", "--stop-after-images", "8"]) == 0
+  assert "continuing at 4 images on the new contents" in capsys.readouterr().out
+  np.testing.assert_array_equal(np.load(workdir / "held_out.npy"), held_out)
+  change = json.loads((workdir / "config.json").read_text())["data_changes"][0]
+  assert change["images_seen"] == 4 and change["changes"].startswith("4 added")
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["images_seen"] for r in logged if r["kind"] == "data"] == [4]
+  assert cli.train_config(["--config", str(workdir / "config.json")]).dataset == str(root)

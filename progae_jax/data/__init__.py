@@ -14,6 +14,8 @@ Public API:
                                              first use)
   is_folder(name) -> bool                    whether a name means a folder of images
   folder_options_for(model) -> dict          the options that store a folder as a model takes it
+  folder_identity(name, ...) -> dict | None  a folder's prepared copy, its files, its held-out
+                                             paths: what a run pins (progae_jax/pinning.py)
   clear_cache()                              free the images cached pipelines keep in memory
   BUILTIN_DATASETS                           datasets made from files inside installed packages
   DataError (UnknownDatasetError, DatasetNotPreparedError)   every refusal
@@ -42,12 +44,12 @@ from progae_jax.data.errors import DataError, DatasetNotPreparedError, UnknownDa
 from progae_jax.data.folder import is_folder
 from progae_jax.data.pipeline import batches, eval_images
 from progae_jax.data.sources import (DATASET_OPTIONS, FIT_MODES, DatasetSpec, dataset_info,
-                                     folder_options_for, prepare)
+                                     folder_identity, folder_options_for, prepare)
 
 __all__ = [
     "BUILTIN_DATASETS", "CACHE_LIMIT_BYTES", "DATASET_OPTIONS", "FIT_MODES", "PATCH_PHOTOS", "DataError",
     "DatasetNotPreparedError", "DatasetSpec", "Digits", "ImagePatches",
     "UnknownDatasetError", "batches", "clear_cache", "dataset_info", "eval_images",
-    "folder_options_for", "is_folder",
+    "folder_identity", "folder_options_for", "is_folder",
     "prepare",
 ]

@@ -383,11 +383,22 @@ def _stale_copies(where: Target) -> list[str]:
 def _changes(stale: str, the_plan: Plan) -> str:
   """'3 added, 1 removed, 2 modified' between a stale copy and the folder now."""
   try:
-    with open(os.path.join(stale, str(ImageFolder.VERSION), _CONTENTS)) as f:
-      before = {p: (size, mtime) for p, size, mtime in json.load(f)["files"]}
+    before = contents(os.path.join(stale, str(ImageFolder.VERSION)))
   except (OSError, ValueError, KeyError):
     return "its earlier contents are unknown"
-  now = {e.path: (e.size, e.mtime_ns) for e in the_plan.entries}
+  return changes(before, [[e.path, e.size, e.mtime_ns] for e in the_plan.entries])
+
+
+def contents(prepared: str) -> list:
+  """The files a prepared copy was made from: [relative path, size, mtime_ns] each."""
+  with open(os.path.join(prepared, _CONTENTS)) as f:
+    return json.load(f)["files"]
+
+
+def changes(before_files: list, now_files: list) -> str:
+  """'3 added, 1 removed, 2 modified' from one `contents` listing to another."""
+  before = {p: (size, mtime) for p, size, mtime in before_files}
+  now = {p: (size, mtime) for p, size, mtime in now_files}
   added = len(now.keys() - before.keys())
   removed = len(before.keys() - now.keys())
   modified = sum(before[p] != now[p] for p in now.keys() & before.keys())

@@ -227,6 +227,23 @@ def folder_options_for(model: ModelConfig) -> dict:
   return {"data_resolution": model.max_resolution, "channels": model.image_channels}
 
 
+def folder_identity(name: str, *, data_dir=None, **opts) -> dict | None:
+  """What pins a folder's prepared copy to a run (None for a dataset that is not a folder):
+  the copy's name (NAME-OPTIONS-CONTENTS: it changes with the files), the files it was made
+  from, and the relative paths of its held-out images, in the order `eval_images` reads them."""
+  if name in builtin.BUILTIN_DATASETS or not folder.is_folder(name):
+    return None
+  opts = options(opts)
+  prepared = _prepare_folder(name, storage.resolve_data_dir(data_dir), opts)
+  test = open_split(name, "test", data_dir, opts)
+  held_out = [test.read.source[i]["path"] for i in range(len(test))]
+  return {"folder": os.path.abspath(os.path.expanduser(name)),
+          "prepared": os.path.basename(os.path.dirname(prepared.path)),
+          "files": folder.contents(prepared.path),
+          "held_out": [p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p)
+                       for p in held_out]}
+
+
 def options(opts: dict) -> dict:
   known = {"image_key": _DEFAULT_IMAGE_KEY, "train_split": _DEFAULT_TRAIN_SPLIT,
            "test_split": _DEFAULT_TEST_SPLIT, "fit": "pad", "data_resolution": None,
