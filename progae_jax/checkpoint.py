@@ -627,6 +627,18 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return out
 
 
+def resume_point(directory: str) -> str:
+  """What a rerun resumes from, read from the folder alone (no Orbax call: this is said from a
+  signal handler): Orbax renames a checkpoint to its step only once it is complete."""
+  try:
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  except OSError:
+    steps = []
+  if not steps:
+    return f"nothing: there is no checkpoint in {directory} yet, so it starts afresh"
+  return f"checkpoint {steps[-1]} in {directory}"
+
+
 def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
   """(checkpoint directory, step) for a work directory, its `checkpoints/` folder, or one
   checkpoint's own folder (`.../checkpoints/1920`)."""

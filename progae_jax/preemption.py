@@ -2,8 +2,9 @@
 after its current step, with a checkpoint at that step.
 
     signal -> flag set -> the step ends -> checkpoint at that step -> one line -> exit 143/130
-    a second signal    -> the operating system's default: the process ends at once; the
-                          last complete checkpoint is intact (a save cut short is never one)
+    a second signal    -> one line (nothing saved; the checkpoint a rerun resumes from), then
+                          the process ends at once with status 3 (EXIT_NOT_SAVED); the last
+                          complete checkpoint is intact (a save cut short is never one)
 
 The exit status is the shell's for a death by that signal (128 + its number): a scheduler
 or script sees the run ended because of the signal, and the run resumes with the same command.
@@ -17,21 +18,26 @@ default (KeyboardInterrupt), since one process cannot stop the others by itself.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from typing import Callable
 
 EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+# A second signal: stopped at once, nothing saved (not 130/143, which say a checkpoint was).
+EXIT_NOT_SAVED = 3
 
 
 class StopSignals:
   """While open, records SIGTERM and SIGINT instead of dying of them (the first one)."""
 
   def __init__(self, *, multi_process: bool = False,
-               reached_preemption: Callable[[int], bool] | None = None):
+               reached_preemption: Callable[[int], bool] | None = None,
+               resumes_from: Callable[[], str] = lambda: "the last complete checkpoint"):
     self._multi = multi_process
     self._reached = reached_preemption
+    self._resumes_from = resumes_from  # What a rerun resumes from, said by a second signal.
     self._received: str | None = None
     self._previous: dict[int, object] = {}
 
@@ -47,12 +53,20 @@ class StopSignals:
     self._previous = {}
 
   def _handle(self, signum, frame) -> None:
+    if self._received is not None:
+      self._stop_now(signal.Signals(signum).name)
     self._received = signal.Signals(signum).name
-    for sig in self._previous:  # A second signal is not caught: it ends the process at once.
-      signal.signal(sig, signal.SIG_DFL)
     print(f"progae train: {self._received}: saving a checkpoint after this step, then "
           "stopping (a second signal stops at once, without saving)", file=sys.stderr,
           flush=True)
+
+  def _stop_now(self, name: str) -> None:
+    """A second signal: one line, then the process ends at once (Orbax's threads with it: a
+    save cut short is never taken for a checkpoint)."""
+    print(f"progae train: {name} again: stopped at once, nothing saved since the last "
+          f"checkpoint; the same command resumes from {self._resumes_from()} (exit status "
+          f"{EXIT_NOT_SAVED})", file=sys.stderr, flush=True)
+    os._exit(EXIT_NOT_SAVED)
 
   def requested(self, step: int) -> str | None:
     """The signal to stop for after `step` (the count of steps this process has taken: JAX's

@@ -330,7 +330,8 @@ def _set_up(config, workdir, plan, mesh, data_module, progress, stop_after_image
           f"x {jax.process_count()} process(es); each batch is split over them")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   signals = preemption.StopSignals(multi_process=jax.process_count() > 1,
-                                   reached_preemption=ckpt.reached_preemption)
+                                   reached_preemption=ckpt.reached_preemption,
+                                   resumes_from=lambda: ckpt_lib.resume_point(ckpt.directory))
   optimizer = optimizer_for(config)
   return _Run(config, workdir, plan, mesh, data_module, optimizer,
               steps.programs_for(config, optimizer, mesh), ckpt, main, progress, stop_after_images, watch, resume_from_step, signals)

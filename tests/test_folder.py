@@ -386,6 +386,8 @@ def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path, 
   root, workdir = tmp_path / "mine", tmp_path / "run"
   _write_photos(root, 24, seed=7)
   (root / "bad.jpg").write_text("oops")
+  Image.new("RGB", (20, 20), (10, 200, 30)).save(root / "plain.png")
+  os.rename(root / "plain.png", os.path.join(os.fsencode(root), b"caf\xe9.png"))  # Not UTF-8.
   proc = subprocess.run(
       [sys.executable, "-m", "progae_jax", "train", "--dataset", str(root), "--data-dir",
        str(tmp_path / "tfds"), "--max-resolution", "8", "--batch-size", "4",
@@ -395,6 +397,9 @@ def test_progae_train_on_a_folder_runs_two_stages_and_writes_pictures(tmp_path, 
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Prepared " in proc.stdout and "bad.jpg" in proc.stdout and "8x8 RGB" in proc.stdout
   assert "final held-out PSNR" in proc.stdout and "at 8x8" in proc.stdout
+  # The main preset anneals over 25,600 images, far more than this run: its last phase.
+  assert ("anneal_images=25,600 is longer than this run (24 images): the learning rate "
+          "anneals over the run's last phase (8 images) instead") in proc.stdout
   pictures = sorted(os.listdir(workdir / "pictures"))
   assert any("4x4" in p for p in pictures) and any("8x8" in p for p in pictures), pictures
   out = tmp_path / "recon.png"
@@ -457,3 +462,33 @@ def test_a_resume_on_a_changed_folder_is_refused_or_continues_when_asked(tmp_pat
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["images_seen"] for r in logged if r["kind"] == "data"] == [4]
   assert cli.train_config(["--config", str(workdir / "config.json")]).dataset == str(root)
+
+
+def test_any_file_name_unreadable_subfolders_and_a_killed_preparation(tmp_path, monkeypatch):
+  """A name that is not UTF-8 is an image like any other (shown with \\x escapes); a subfolder
+  that cannot be listed is named in the report; the incomplete.* folder of a preparation
+  that was killed is removed by the next one."""
+  root, data_dir = tmp_path / "odd", tmp_path / "tfds"
+  _write_photos(root, 6, seed=3)
+  Image.new("RGB", (20, 20), (10, 200, 30)).save(root / "plain.png")
+  os.rename(root / "plain.png", os.path.join(os.fsencode(root), b"caf\xe9.png"))  # Latin-1.
+  _write_photos(root, 1, seed=4, prefix="locked")
+  listing = os.scandir
+  locked = str(root / "locked")
+
+  def scandir(path="."):
+    if not isinstance(path, int) and os.fsdecode(path) == locked:  # Root reads through modes.
+      raise PermissionError(13, "Permission denied", locked)
+    return listing(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  where = folder.target(folder.plan(str(root)), str(data_dir), R, 3)
+  killed = os.path.join(os.path.dirname(where.path), "incomplete.ABC123_1.0.0")
+  os.makedirs(os.path.join(killed, "half_written"))
+  path = data.prepare(str(root), data_dir=str(data_dir), data_resolution=R)
+  report = open(os.path.join(path, "report.txt")).read()
+  assert "7 image files" in report and "Skipped" not in report, report
+  assert "1 subfolder(s) could not be read and were left out: locked (Permission denied)" in report
+  names = {**_records(path, "train"), **_records(path, "test")}
+  assert "caf\\xe9.png" in names
+  assert not os.path.exists(killed)

@@ -1,8 +1,8 @@
 import pytest
 
 from progae_jax import ModelConfig
-from progae_jax.schedule import (StageSchedule, TrainConfig, alpha_at, learning_rate_at,
-                                 phase_at, phases)
+from progae_jax.schedule import (StageSchedule, TrainConfig, alpha_at, annealing_note,
+                                 annealing_window, learning_rate_at, phase_at, phases)
 
 
 def _config(**kw):
@@ -41,6 +41,22 @@ def test_the_learning_rate_anneals_over_the_runs_last_images_only():
   assert rates[:11] == [1e-3] * 11  # Up to 320 images: the phases' rate.
   assert rates[10:] == sorted(rates[10:], reverse=True) and rates[11] < 1e-3
   assert rates[12] == pytest.approx(0.5e-3) and 0 < rates[-1] < 0.2e-3  # Half-way: half.
+
+
+def test_an_annealing_longer_than_the_run_anneals_its_last_phase_only():
+  """The main preset's 25,600 images on a 448-image run: not a run that starts at a sliver of
+  its learning rate, but the last phase annealed, and a line that says so."""
+  config = _config(anneal_images=25_600)
+  plan = phases(config)
+  last = plan[-1]
+  assert annealing_window(config) == last.end - last.start == 64
+  assert all(learning_rate_at(config, p, p.start) == p.learning_rate for p in plan)
+  assert learning_rate_at(config, last, last.end - 32) == pytest.approx(0.5e-3)
+  assert annealing_note(config) == (
+      "anneal_images=25,600 is longer than this run (448 images): the learning rate anneals "
+      "over the run's last phase (64 images) instead")
+  assert annealing_note(_config(anneal_images=448)) is None  # The whole run: as asked.
+  assert annealing_window(_config(anneal_images=448)) == 448
 
 
 def test_config_round_trips_through_json_dict():

@@ -63,14 +63,27 @@ class Entry:
 
 
 def held_out_score(path: str) -> float:
-  """A fixed number in [0, 1) per relative path: below HELD_OUT_FRACTION is held out."""
-  return int(hashlib.sha1(path.encode()).hexdigest()[:15], 16) / 16**15
+  """A fixed number in [0, 1) per relative path: below HELD_OUT_FRACTION is held out. The
+  path's bytes as the file system holds them (any name, UTF-8 or not)."""
+  return int(hashlib.sha1(os.fsencode(path)).hexdigest()[:15], 16) / 16**15
 
 
-def scan(root: str) -> list[Entry]:
-  """Every image file under `root` (by suffix), hidden ones skipped, sorted by path."""
+def readable(path: str) -> str:
+  """A path as text: a name that is not UTF-8 shows its odd bytes as \\xNN escapes."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def scan(root: str, unreadable: list | None = None) -> list[Entry]:
+  """Every image file under `root` (by suffix), hidden ones skipped, sorted by path. The
+  subfolders that cannot be listed are appended to `unreadable` as (relative path, why)."""
   out = []
-  for here, dirs, files in os.walk(root):
+
+  def cannot_list(error: OSError) -> None:
+    if unreadable is not None:
+      where = os.path.relpath(error.filename, root).replace(os.sep, "/")
+      unreadable.append((readable(where), error.strerror or type(error).__name__))
+
+  for here, dirs, files in os.walk(root, onerror=cannot_list):
     dirs[:] = [d for d in dirs if not d.startswith(".")]
     for name in files:
       if name.startswith(".") or not name.lower().endswith(images.EXTENSIONS):
@@ -96,10 +109,12 @@ class Plan:
   rule: str  # How the split was made, for the report.
   by_hash: bool
   left_out: int  # Image files outside train/ and test/ when those are the splits.
+  unreadable: tuple = ()  # (relative path, why) of the subfolders that could not be listed.
 
 
 def plan(root: str) -> Plan:
-  entries = scan(root)
+  unreadable = []
+  entries = scan(root, unreadable)
   if not entries:
     raise DataError(f"{root} holds no image files ({_KINDS}; hidden files and folders are "
                     "skipped): put images in it, or give another folder")
@@ -113,11 +128,12 @@ def plan(root: str) -> Plan:
       raise DataError(f"{root}/{empty} holds no image files ({_KINDS}): put images in it, or "
                       f"remove {root}/{held} to hold out {HELD_OUT_FRACTION:.0%} by hash")
     return Plan(root, used, train, test, f"the train/ and {held}/ subfolders", False,
-                len(entries) - len(used))
+                len(entries) - len(used), tuple(unreadable))
   test = tuple(e.path for e in entries if held_out_score(e.path) < HELD_OUT_FRACTION)
   train = tuple(e.path for e in entries if held_out_score(e.path) >= HELD_OUT_FRACTION)
   return Plan(root, tuple(entries), train, test,
-              f"{HELD_OUT_FRACTION:.0%} held out by a hash of the relative path", True, 0)
+              f"{HELD_OUT_FRACTION:.0%} held out by a hash of the relative path", True, 0,
+              tuple(unreadable))
 
 
 def _key(*parts) -> str:
@@ -193,7 +209,7 @@ class _Preparation:
     if self.bar is None:
       self._begin()
     paths = self.plan.test if split == "test" else [
-        p for p in self.plan.train if p not in self.moved]
+        p for p in self.plan.train if readable(p) not in self.moved]
     yield from self._keep(split, _decode_all(self.loader, self.plan.root, paths, self.workers,
                                              self.bar))
     if split == "test" and not self.kept["test"] and self.plan.by_hash:
@@ -208,16 +224,17 @@ class _Preparation:
       raise DataError(self._nothing_usable(split))
 
   def _keep(self, split, decoded) -> Iterator[tuple[str, dict]]:
+    """(readable path, tfds example) of each image that decoded; the others are tallied."""
     for path, d in decoded:
       if d.image is None:
-        self.skipped[path] = d.error
+        self.skipped[readable(path)] = d.error
         self.largest_side = max(self.largest_side, d.side)
         continue
-      self.skipped.pop(path, None)
+      self.skipped.pop(readable(path), None)
       self.kept[split] += 1
       self.largest_side = max(self.largest_side, d.side)
       self.upsampled += d.side < self.loader.resolution
-      yield path, {"image": d.image, "path": path}
+      yield readable(path), {"image": d.image, "path": readable(path)}
 
   def _nothing_usable(self, split: str) -> str:
     root, r = self.plan.root, self.loader.resolution
@@ -229,7 +246,8 @@ class _Preparation:
       return (f"every image in {root} is smaller than {r} / {images.MAX_UPSAMPLING} (the "
               f"largest side is {self.largest_side} px) and would need more than "
               f"{images.MAX_UPSAMPLING}x upsampling: choose a resolution of {most} or less "
-              "(--data-resolution, data_resolution=)")
+              "(progae train: --max-resolution, at which it stores the folder; progae "
+              "prepare: --data-resolution; the library: data_resolution=)")
     where = root if split == "train" or self.plan.by_hash else f"{root}'s held-out subfolder"
     return (f"no image in {where} could be used ({len(self.skipped)} skipped: "
             f"{_first_skipped(self.skipped, 3)}): add images Pillow can read")
@@ -244,7 +262,7 @@ class _Preparation:
     n = len(self.plan.entries)
     mode = "RGB" if self.loader.channels == 3 else "grayscale"
     r = self.loader.resolution
-    text = (f"Prepared {self.plan.root}: {self.kept['train']:,} train and "
+    text = (f"Prepared {readable(self.plan.root)}: {self.kept['train']:,} train and "
             f"{self.kept['test']:,} test images ({self.plan.rule}), {r}x{r} {mode}, from "
             f"{n:,} image files in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} files/s).")
     if self.upsampled:
@@ -255,6 +273,11 @@ class _Preparation:
                f"{os.path.join(self.target.path, _SKIPPED)}.")
     if self.plan.left_out:
       text += f" {self.plan.left_out:,} image files outside those subfolders were left out."
+    if self.plan.unreadable:
+      folders = ", ".join(f"{p} ({why})" for p, why in self.plan.unreadable[:3])
+      more = len(self.plan.unreadable) - 3
+      text += (f" {len(self.plan.unreadable):,} subfolder(s) could not be read and were left "
+               f"out: {folders}" + (f" and {more:,} more." if more > 0 else "."))
     return text + f" Stored in {self.target.path}."
 
   def write(self, directory: str) -> None:

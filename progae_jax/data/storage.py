@@ -7,7 +7,8 @@
 
 tfds writes a dataset into a temporary `incomplete.*` directory and renames it when every
 split is written, so a crash midway leaves nothing that reads as prepared; `prepare_once`
-adds the lock that makes processes preparing the same dataset take turns.
+adds the lock that makes processes preparing the same dataset take turns, and removes the
+`incomplete.*` folders that a killed preparation left before it prepares again.
 """
 
 from __future__ import annotations
@@ -120,5 +121,20 @@ def prepare_once(make_builder: Callable[[], object], lock_path: str,
     builder = make_builder()
     if is_prepared(builder):
       return builder, False
+    remove_incomplete(os.path.dirname(os.fspath(builder.data_dir)))
     build(builder)
   return builder, True
+
+
+def remove_incomplete(directory: str) -> list[str]:
+  """Removes the `incomplete.*` folders in `directory`: what a preparation that was killed
+  left behind (tfds removes its own when it fails in any other way). Called under the lock,
+  where no other process is writing one."""
+  import glob
+  import shutil
+  stale = glob.glob(os.path.join(glob.escape(directory), "incomplete.*"))
+  for path in stale:
+    shutil.rmtree(path, ignore_errors=True)
+  if stale:
+    _log.info("removed %d incomplete folder(s) of a stopped preparation: %s", len(stale), stale)
+  return stale
