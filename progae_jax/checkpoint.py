@@ -627,13 +627,18 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return out
 
 
+def _steps_on_disk(directory: str) -> list[int]:
+  """The complete checkpoints as the folder holds them now (Orbax's manager lists them once)."""
+  try:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  except OSError:
+    return []
+
+
 def resume_point(directory: str) -> str:
   """What a rerun resumes from, read from the folder alone (no Orbax call: this is said from a
   signal handler): Orbax renames a checkpoint to its step only once it is complete."""
-  try:
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-  except OSError:
-    steps = []
+  steps = _steps_on_disk(directory)
   if not steps:
     return f"nothing: there is no checkpoint in {directory} yet, so it starts afresh"
   return f"checkpoint {steps[-1]} in {directory}"
@@ -685,11 +690,29 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   (images seen) picks a checkpoint, the latest by default. Returns `(state, meta)`;
   `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`. Raises
   `CheckpointError` for anything missing, empty, damaged or foreign.
+
+  A checkpoint that the run training there removes while it is read (its rotation keeps
+  only the latest and the best) is not "damaged": the newest one is read again instead
+  (up to `_READ_ATTEMPTS` times), or, where `step` asked for that one, the error says so.
   """
   directory, step = locate(path, step)
-  manager = Checkpointer(directory, read_only=True, asynchronous=False)
-  try:
-    restored = manager.restore_any(step, mesh or parallel.make_mesh())
-    return restored.state, restored.meta
-  finally:
-    manager.close()
+  for attempt in range(_READ_ATTEMPTS):
+    manager, chosen = Checkpointer(directory, read_only=True, asynchronous=False), None
+    try:
+      chosen = manager._resolve(step)
+      restored = manager.restore_any(chosen, mesh or parallel.make_mesh())
+      return restored.state, restored.meta
+    except CheckpointError:
+      still_there = chosen is None or os.path.isdir(os.path.join(directory, str(chosen)))
+      if still_there or attempt + 1 == _READ_ATTEMPTS:
+        raise
+      if step is not None:
+        raise CheckpointError(
+            f"checkpoint {step} in {directory} was removed while it was read (the run "
+            "training there keeps only its latest checkpoints and the best); there are now "
+            f"{_steps_on_disk(directory)}") from None
+    finally:
+      manager.close()
+
+
+_READ_ATTEMPTS = 3  # Rotations a read-only command outlasts before it gives up.

@@ -991,3 +991,29 @@ def test_inspect_shows_a_checkpoint_whatever_its_metrics_file_holds(reference, t
   captured = capsys.readouterr()
   assert "checkpoint: 512 images seen" in captured.out and "parameters:" in captured.out
   assert "metrics not shown" in captured.err and "metrics.jsonl:" in captured.err
+
+
+def test_a_checkpoint_removed_by_rotation_while_read_is_not_damaged(reference, tmp_path,
+                                                                    monkeypatch, capsys):
+  """`inspect` during a run: the run's rotation deletes the checkpoint being read after its
+  metadata was read. The newest checkpoint still there is read instead; a --step that was
+  removed says so, never "damaged"."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference, workdir)
+  read_meta = checkpoint.Checkpointer.read_meta
+
+  def rotated_meanwhile(self, step=None):
+    meta = read_meta(self, step)
+    if step == 512:  # The run's next save rotates it out right now.
+      shutil.rmtree(os.path.join(self.directory, "512"))
+    return meta
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "read_meta", rotated_meanwhile)
+  assert cli.main(["inspect", workdir]) == 0
+  assert capsys.readouterr().out.startswith("checkpoint: 448 images seen")
+  shutil.copytree(os.path.join(reference, "checkpoints", "512"),
+                  os.path.join(workdir, "checkpoints", "512"))
+  assert cli.main(["inspect", workdir, "--step", "512"]) == 2
+  err = capsys.readouterr().err
+  assert "checkpoint 512 in" in err and "was removed while it was read" in err, err
+  assert "there are now [448]" in err and "damaged" not in err, err
