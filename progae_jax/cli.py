@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -459,6 +460,11 @@ def main(argv=None) -> int:
     return 2
   except OSError as e:  # A full disk, a folder that vanished: the file and the reason.
     where = f"{e.filename}: " if e.filename else ""
+    if e.errno == errno.ENOSPC:  # The metrics, TensorBoard's events, a prepared dataset.
+      what = f"{e.filename} could not be written" if e.filename else "a write failed"
+      print(f"progae {args.command}: error: the disk is full: {what}; what was saved before "
+            "is intact: free space and run the same command again", file=sys.stderr)
+      return 2
     print(f"progae {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
     return 2
 

@@ -71,8 +71,11 @@ class MetricsLog:
 
   def write(self, record: dict) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      try:
+        with open(self.path, "a") as f:
+          f.write(json.dumps(record) + "\n")
+      except OSError as e:  # A write's error names no file (a full disk): this one.
+        raise OSError(e.errno, e.strerror, e.filename or self.path) from None
 
   def read(self) -> list[dict]:
     return read_metrics(self.path)

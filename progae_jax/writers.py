@@ -27,6 +27,7 @@ Only process 0 writes; the others get writers that do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -115,10 +116,21 @@ class TensorBoardWriter:
     self._write(step, summary=summary.text(tag, text))
 
   def flush(self) -> None:
-    self._events.flush()
+    with self._naming_the_file():
+      self._events.flush()
 
   def close(self) -> None:
-    self._events.close()
+    with self._naming_the_file():
+      self._events.close()
+
+  @contextlib.contextmanager
+  def _naming_the_file(self):
+    """An error writing the events (a full disk) names their file, which a write's does not."""
+    try:
+      yield
+    except OSError as e:
+      where = getattr(self._events, "_file_name", self.logdir)  # tensorboardX names it so.
+      raise OSError(e.errno, e.strerror, e.filename or where) from None
 
 
 def require_wandb() -> None:
