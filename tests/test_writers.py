@@ -115,3 +115,25 @@ def test_wandb_without_the_package_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "wandb", None)  # As if it were not installed.
   with pytest.raises(ValueError, match="--wandb needs the wandb package: pip install wandb"):
     writers.open_writers(str(tmp_path), CONFIG, resume_at=0, tensorboard=False, wandb=True)
+
+
+def test_a_full_disk_names_the_events_file_and_is_one_line(tmp_path, monkeypatch, capsys):
+  """A write's ENOSPC names no file: the events' flush names its own, and the CLI says the
+  disk is full in one line."""
+  import errno
+
+  from progae_jax import cli
+  tensorboard = writers.TensorBoardWriter(str(tmp_path), CONFIG.to_dict(), 0)
+
+  def full():
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(tensorboard._events, "flush", full)
+  with pytest.raises(OSError) as e:
+    tensorboard.flush()
+  assert e.value.errno == errno.ENOSPC and ".tfevents." in e.value.filename
+  monkeypatch.setattr(cli, "cmd_prepare", lambda args: tensorboard.flush())
+  assert cli.main(["prepare", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("progae prepare: error: the disk is full: ")
+  assert f"{e.value.filename} could not be written" in err[0]
