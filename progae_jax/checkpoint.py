@@ -671,16 +671,13 @@ def restore_weights(path: str, step: int | None = None, *, best: bool = False,
   metadata: `({"params": ..., "ema": ...}, meta)`. `best` picks the checkpoint ranked best
   (the highest resolution, then the held-out PSNR) instead of the latest."""
   directory, step = locate(path, step)
-  manager = Checkpointer(directory, read_only=True, asynchronous=False)
-  try:
-    if best:
-      if step is not None:
-        raise CheckpointError(f"give a step ({step}) or ask for the best checkpoint, not both")
-      step = manager.best_step()
-    restored = manager.restore_weights(step, mesh or parallel.make_mesh(1))
-    return restored.state, restored.meta
-  finally:
-    manager.close()
+  if best and step is not None:
+    raise CheckpointError(f"give a step ({step}) or ask for the best checkpoint, not both")
+  choose = (lambda manager: manager.best_step()) if best else None
+  restored = _read_outlasting_rotation(
+      directory, step, lambda manager, chosen: manager.restore_weights(
+          chosen, mesh or parallel.make_mesh(1)), choose)
+  return restored.state, restored.meta
 
 
 def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dict]:
@@ -690,18 +687,27 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
   (images seen) picks a checkpoint, the latest by default. Returns `(state, meta)`;
   `meta["config"]` rebuilds the TrainConfig with `TrainConfig.from_dict`. Raises
   `CheckpointError` for anything missing, empty, damaged or foreign.
-
-  A checkpoint that the run training there removes while it is read (its rotation keeps
-  only the latest and the best) is not "damaged": the newest one is read again instead
-  (up to `_READ_ATTEMPTS` times), or, where `step` asked for that one, the error says so.
   """
   directory, step = locate(path, step)
+  restored = _read_outlasting_rotation(
+      directory, step, lambda manager, chosen: manager.restore_any(
+          chosen, mesh or parallel.make_mesh()))
+  return restored.state, restored.meta
+
+
+_READ_ATTEMPTS = 3  # Rotations a read-only command outlasts before it gives up.
+
+
+def _read_outlasting_rotation(directory: str, step: int | None, read, choose=None) -> Restored:
+  """`read(manager, chosen step)` with a read-only manager. A checkpoint that the run training
+  there removes while it is read (its rotation keeps only the latest and the best) is not
+  "damaged": the newest one (or the one `choose(manager)` picks) is read again instead, up to
+  `_READ_ATTEMPTS` times; where `step` asked for that very one, the error says so."""
   for attempt in range(_READ_ATTEMPTS):
     manager, chosen = Checkpointer(directory, read_only=True, asynchronous=False), None
     try:
-      chosen = manager._resolve(step)
-      restored = manager.restore_any(chosen, mesh or parallel.make_mesh())
-      return restored.state, restored.meta
+      chosen = choose(manager) if choose else manager._resolve(step)
+      return read(manager, chosen)
     except CheckpointError:
       still_there = chosen is None or os.path.isdir(os.path.join(directory, str(chosen)))
       if still_there or attempt + 1 == _READ_ATTEMPTS:
@@ -713,6 +719,3 @@ def restore(path: str, step: int | None = None, *, mesh=None) -> tuple[dict, dic
             f"{_steps_on_disk(directory)}") from None
     finally:
       manager.close()
-
-
-_READ_ATTEMPTS = 3  # Rotations a read-only command outlasts before it gives up.
