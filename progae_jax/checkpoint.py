@@ -347,12 +347,11 @@ class Checkpointer:
     where = f"checkpoint {step} in {self.directory}"
     reader = ocp.PyTreeCheckpointer()
     try:
-      with _every_read_awaited():
-        state = reader.restore(
-            os.path.join(self.directory, str(step), "state"),
-            args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+      state = reader.restore(
+          os.path.join(self.directory, str(step), "state"),
+          args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"{where} could not be restored ({_cause(e)}); it is damaged, or "
                             "its arrays do not match its metadata") from None
