@@ -721,11 +721,13 @@ def _meta(args, malloc_tuned: bool, torch_malloc_tuned: bool, settings: dict) ->
   import jax
 
   import progae_jax
+  versions = {"progae_jax": progae_jax.__version__, "jax": jax.__version__,
+              "python": sys.version.split()[0]}
   meta = {"kind": "meta", "command": "progae bench " + " ".join(args.argv),
-          "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-          "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-          "progae_jax": progae_jax.__version__, "jax": jax.__version__,
-          "python": sys.version.split()[0], "cpu_cores": os.cpu_count(),
+          "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or
+                      platform.machine(), "platform": platform.platform()},
+          "versions": versions, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          **versions, "cpu_cores": os.cpu_count(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_tuned,
           "torch_malloc_tuned": torch_malloc_tuned, "preset": args.preset,
           "compute_dtype": settings["compute_dtype"],
@@ -735,6 +737,7 @@ def _meta(args, malloc_tuned: bool, torch_malloc_tuned: bool, settings: dict) ->
   if not args.vs_torch:
     meta.update(backend=jax.default_backend(), devices=len(jax.devices()),
                 device_kind=jax.devices()[0].device_kind)
+    meta["machine"].update(devices=meta["devices"], device_kind=meta["device_kind"])
   return meta
 
 

@@ -49,9 +49,10 @@ def _imports(path: str) -> set[str]:
   return names
 
 
-# Imported only for --wandb, which the GPU check never gives; torch only by the tests of the
-# PyTorch reference, which skip without it (the GPU machine has it: machine_packages.txt).
-OPTIONAL = {"wandb", "torch"}
+# Imported only for --wandb and `progae export --onnx` (the extra `onnx`), which the GPU check
+# never runs; torch only by the tests of the PyTorch reference, which skip without it (the GPU
+# machine has it: machine_packages.txt).
+OPTIONAL = {"wandb", "jax2onnx", "onnx", "onnxruntime", "torch"}
 
 
 def _scanned_files() -> list[str]:
