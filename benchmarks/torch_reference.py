@@ -16,7 +16,8 @@ and latent width, and reports the ratios.
 Modes (`--mode`), as a PyTorch user would run the model:
     eager_fp32     eager, float32 (cuDNN's default TF32 convolutions on NVIDIA GPUs)
     eager_bf16     eager, bfloat16 autocast, channels_last memory format
-    compile_bf16   eager_bf16 under torch.compile (the whole training step)
+    compile_bf16   eager_bf16 with the model and loss under torch.compile (forward and
+                   backward; Adam, fused on CUDA, as in the eager modes)
 The device (`--device`): auto (CUDA when there is one, else the CPU), cuda or cpu.
 
 The same model as `progae_jax.ModelConfig()` (tests/test_bench.py compares the parameter
@@ -235,16 +236,20 @@ def make_step(a, device: torch.device):
   x = torch.rand(a.batch, a.channels, a.res, a.res, device=device).to(memory_format=layout)
   alpha = a.alpha
 
+  def loss_of_batch():
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+      return F.mse_loss(dec(enc(x, alpha), alpha).float(), faded_target(x, alpha))
+
+  if a.mode == "compile_bf16":  # The model and loss, forward and backward (AOTAutograd);
+    loss_of_batch = torch.compile(loss_of_batch)  # Adam stays the fused kernel.
+
   def step():
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-      loss = F.mse_loss(dec(enc(x, alpha), alpha).float(), faded_target(x, alpha))
+    loss = loss_of_batch()
     loss.backward()
     opt.step()
     return loss.detach()
 
-  if a.mode == "compile_bf16":
-    step = torch.compile(step)
   return step, count_params((enc, dec))
 
 

@@ -19,6 +19,8 @@
 #                        with the machine's start): each step's limit is cut to what is left,
 #                        and a step with under 15 s left is skipped
 #   VS_TORCH=PATH        the PyTorch reference (default benchmarks/torch_reference.py)
+#   ONLY=a,b             run only these steps (env always runs: it finds the backend), e.g.
+#                        ONLY=large_small for a second run that fills in 32x32 and 16x16
 #
 # Steps, each under its own `timeout` (seconds, GPU sizes), in this order:
 #   env          20   card, driver, Python and package versions           -> env.txt
@@ -82,6 +84,10 @@ TIMINGS="$WORK/timings.tsv"
 : > "$TIMINGS"
 step() {
   local name=$1 limit=$(( $2 * SCALE )) logfile=$3; shift 3
+  if [ -n "${ONLY:-}" ] && [ "$name" != env ] && [[ ",$ONLY," != *",$name,"* ]]; then
+    log "$name: not asked for (ONLY=$ONLY)"
+    printf '%s\t%s\t-\tnot asked\n' "$name" "$limit" >> "$TIMINGS"; return 0
+  fi
   if [ "$BUDGET_S" -gt 0 ]; then
     local left=$(( BUDGET_S - ($(date +%s) - T0) ))
     if [ "$left" -lt 15 ]; then

@@ -510,6 +510,9 @@ def _table_row(r: dict, modes: list[str]) -> list[str]:
          _pct(r.get("mfu")), f"{r['compile_s']:.2f}", _mb(r["peak_mem_bytes"])]
   for mode in modes:
     t = (r.get("torch") or {}).get(mode) or {}
+    if "error" in t:
+      row += ["failed", "-"]
+      continue
     row += ["-" if not t else f"{t['img_per_s']:.1f}",
             "-" if not t else f"{t['ratio']:.2f}x"]
   return row

@@ -188,24 +188,31 @@ def timed_rounds(workers: dict, steps: int, rounds: int, timeout: float,
   return done
 
 
-def _start_torch(model_config, resolution, batch, alpha, st, timeout, lock: str) -> dict:
+def _start_torch(model_config, resolution, batch, alpha, st, timeout, lock: str):
   """One torch worker per mode, started together (imports and model building overlap; the
   warm-ups, torch.compile's included, take turns under `lock`, so that no two fill the
-  device's memory at once), each ready or an error: {mode: (worker, seconds to ready)}."""
+  device's memory at once): ({mode: (worker, seconds to ready)}, {mode: why it failed}). A
+  mode that fails (out of memory, say) is reported and left out; the others go on."""
   started = time.perf_counter()
   workers = {mode: Worker(f"the PyTorch worker ({mode})", torch_worker_command(
       st.vs_torch, model_config, resolution, batch, alpha, mode, st.torch_python,
       st.torch_device, lock), worker_env(st.torch_malloc_tuning)) for mode in st.torch_modes}
-  ready_s = {}
+  ready, failed = {}, {}
   try:
     for mode, worker in workers.items():
-      worker.wait_ready(timeout - (time.perf_counter() - started))
-      ready_s[mode] = round(time.perf_counter() - started, 2)
+      try:
+        worker.wait_ready(timeout - (time.perf_counter() - started))
+        ready[mode] = (worker, round(time.perf_counter() - started, 2))
+      except WorkerError as e:
+        failed[mode] = str(e)[-1500:]
+        worker.close()
   except BaseException:
     for worker in workers.values():
       worker.close()
     raise
-  return {mode: (worker, ready_s[mode]) for mode, worker in workers.items()}
+  if not ready:
+    raise WorkerError("no PyTorch worker started: " + "; ".join(failed.values()))
+  return ready, failed
 
 
 def _torch_record(mode: str, worker: Worker, ready_s: float, rounds: list[dict]) -> dict:
@@ -235,8 +242,8 @@ def compare_stage(model_config, resolution: int, fading: bool, batch: int, alpha
     ready = workers["jax"].wait_ready(st.worker_timeout_s)
     if measure:
       st.peak_tflops = ready["measured_peak"]["tflops"] * ready["devices"]
-    torch = _start_torch(model_config, resolution, batch, alpha, st, st.worker_timeout_s,
-                         lock.name)
+    torch, failed = _start_torch(model_config, resolution, batch, alpha, st,
+                                 st.worker_timeout_s, lock.name)
     workers.update({mode: worker for mode, (worker, _) in torch.items()})
     n = st.steps or steps_for_window(ready["seconds_per_step"], st.window_s)
     others = OtherLoad(workers.values())
@@ -247,14 +254,16 @@ def compare_stage(model_config, resolution: int, fading: bool, batch: int, alpha
       worker.close()
     lock.close()
   modes = {mode: _torch_record(mode, w, s, rounds) for mode, (w, s) in torch.items()}
-  first = modes[st.torch_modes[0]]
+  modes.update({mode: {"error": why} for mode, why in failed.items()})
+  first_mode = next(m for m in st.torch_modes if m in torch)
+  first = modes[first_mode]
   jax_rates = [r["jax"] for r in rounds]
   return {"steps_per_window": n, **{k: ready[k] for k in JAX_READY_FIELDS},
           "peak_tflops": st.peak_tflops or ready["datasheet_peak_tflops"],
           "jax_img_per_s": round(_median(jax_rates), 2),
           "jax_img_per_s_runs": [round(r, 2) for r in jax_rates], "rounds_done": len(rounds),
           "round_orders": [r["order"] for r in rounds], "torch": modes,
-          "torch_mode": st.torch_modes[0], "torch_img_per_s": first["img_per_s"],
+          "torch_mode": first_mode, "torch_img_per_s": first["img_per_s"],
           "torch_img_per_s_runs": first["img_per_s_runs"],
           "torch_max_rss_bytes": first["max_rss_bytes"], "ratio": first["ratio"],
           "ratio_by_order": first["ratio_by_order"], "others_cpu_share": others.fraction,

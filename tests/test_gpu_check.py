@@ -209,13 +209,14 @@ exit 0
 """
 
 
-def _run_script(tmp_path, allow_cpu: str, backend: str):
+def _run_script(tmp_path, allow_cpu: str, backend: str, **env_vars):
   stand_in = tmp_path / "python"
   stand_in.write_text(STAND_IN)
   stand_in.chmod(0o755)
   out, calls = tmp_path / "out", tmp_path / "calls.txt"
   env = dict(os.environ, PYTHON=str(stand_in), ALLOW_CPU=allow_cpu, BACKEND=backend,
-             CALLS=str(calls), REAL_PYTHON=sys.executable, WORK=str(tmp_path / "work"))
+             CALLS=str(calls), REAL_PYTHON=sys.executable, WORK=str(tmp_path / "work"),
+             **env_vars)
   env.pop("WHEELS", None)
   done = subprocess.run(["bash", "experiments/gpu_check.sh", str(out)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
@@ -254,6 +255,14 @@ def test_the_script_on_a_gpu_runs_the_large_preset_beside_every_torch_mode(tmp_p
   # Every step under its own limit, and the limits within the 270 s budget's reach.
   assert limits == {"env": "20", "smoke": "150", "data": "90", "large": "150",
                     "train": "90", "large_small": "100", "max_batch": "60"}
+
+
+def test_only_runs_the_steps_asked_for(tmp_path):
+  done, out, calls = _run_script(tmp_path, "0", "gpu", ONLY="large_small")
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  runs = [c for c in calls if c.startswith(("-m progae_jax", "-m pytest"))]
+  assert len(runs) == 1 and "--resolutions 32,16" in runs[0]
+  assert "| large | 150 | - | not asked for (ONLY) |" in (out / "gpu_check.md").read_text()
 
 
 def test_no_gpu_stops_the_script_unless_allowed(tmp_path):

@@ -73,8 +73,11 @@ def large_table(records: list[dict]) -> list[str]:
            _pct(r.get("mfu") if r.get("peak_source") == "measured" else None), _pct(mfu_sheet),
            _num(r.get("compile_s"), ".1f"), _gib(r.get("peak_mem_bytes"))]
     for m in modes:
-      t = (r.get("torch") or {}).get(m)
-      row += [_num(t and t["img_per_s"]), "-" if not t else f"{t['ratio']:.2f}"]
+      t = (r.get("torch") or {}).get(m) or {}
+      if "error" in t:  # The worker failed (its error is in large.jsonl).
+        row += ["failed", "-"]
+        continue
+      row += [_num(t.get("img_per_s")), "-" if not t else f"{t['ratio']:.2f}"]
     if modes:
       o = r.get("ratio_by_order") or {}
       row.append(f"{o.get('jax_first', '-')} / {o.get('jax_after', '-')}" if o else "-")
@@ -105,7 +108,8 @@ def max_batch_lines(records: list[dict]) -> list[str]:
 
 
 def _result(rc: str) -> str:
-  names = {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run"}
+  names = {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run",
+           "not asked": "not asked for (ONLY)"}
   return names.get(rc, f"exit {rc}")
 
 
