@@ -47,22 +47,21 @@ def test_every_growth_keeps_the_function_at_alpha_zero(large):
   config = _narrow(large.model)
 
   @jax.jit
-  def grow_and_compare(params, key, x):  # One compile per growth.
-    grown = pj.grow(params, config, key)
-    old = pj.apply(config, params, pj.downsample(x))
-    new = pj.apply(config, grown, x, 0.0)
-    return grown, old, new
+  def every_growth(key):  # One compile for the five growths.
+    params, outputs = pj.init_params(config, 4, key), []
+    for r in config.resolutions[:-1]:
+      grown = pj.grow(params, config, jax.random.fold_in(key, r))
+      x = jax.random.uniform(jax.random.fold_in(key, 1000 + r), (2, 2 * r, 2 * r, 3))
+      outputs.append((pj.apply(config, params, pj.downsample(x)),
+                      pj.apply(config, grown, x, 0.0)))
+      params = pj.finish_fade(grown)
+    return params, outputs
 
-  key = jax.random.key(0)
-  params = jax.jit(pj.init_params, static_argnums=(0, 1))(config, 4, key)
-  for r in config.resolutions[:-1]:
-    x = jax.random.uniform(jax.random.fold_in(key, 1000 + r), (2, 2 * r, 2 * r, 3))
-    grown, (old_recon, old_latent), (new_recon, new_latent) = grow_and_compare(
-        params, jax.random.fold_in(key, r), x)
+  params, outputs = every_growth(jax.random.key(0))
+  assert len(outputs) == 5 and pj.stage_of(params) == Stage(128, False)
+  for (old_recon, old_latent), (new_recon, new_latent) in outputs:
     np.testing.assert_allclose(new_latent, old_latent, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_recon, pj.upsample(old_recon), rtol=1e-5, atol=1e-6)
-    params = pj.finish_fade(grown)
-  assert pj.stage_of(params) == Stage(128, False)
 
 
 def test_two_stages_compile_and_train_in_bfloat16(large):

@@ -11,7 +11,7 @@ channels^2: 32x32x512^2 = 64x64x256^2 = 128x128x128^2), so no stage is launch-bo
 GPU-sized batch and none dwarfs the others; the bfloat16 matrix units want channel counts
 that are multiples of 64. The latent is 512 wide, like ProGAN's.
 
-On the CPU this preset builds, compiles and takes steps (tests/test_configs.py grows it at a
+On the CPU this preset builds, compiles and takes steps (tests/test_large_preset.py grows it at a
 reduced width); it is meant to finish on a GPU. Its FLOPs per image and speed per stage are
 in docs/accelerators.md. Every key is a TrainConfig field (progae_jax/schedule.py); a key
 left out keeps TrainConfig's default.
