@@ -293,6 +293,42 @@ def bench_cpu_2core(records: list[dict]) -> list[str]:
                         list(rows.values()))
 
 
+@table("large_preset_costs", "benchmarks/large_preset_costs.jsonl")
+def large_preset_costs(records: list[dict]) -> list[str]:
+  """The large preset's step per stage: FLOPs (XLA's cost analysis), XLA's buffers, and the
+  images/s that 316 TFLOP/s (40% of an H200's ~790 TFLOP/s bf16 matrix rate) would give."""
+  rows = []
+  for r in (r for r in records if r["kind"] == "stage"):
+    rows.append([f"{r['resolution']}x{r['resolution']} {r['phase']}", f"{r['batch']:,}",
+                 f"{r['params']:,}", f"{r['flops_per_image'] / 1e9:.2f}",
+                 f"{r['flops_per_step'] / 1e12:.2f}",
+                 f"{r['xla_memory_per_device']['total'] / 2**30:.1f}",
+                 f"{316e12 / r['flops_per_image']:,.0f}"])
+  return markdown_table(["stage", "batch", "parameters", "GFLOP / image", "TFLOP / step",
+                         "XLA GiB", "img/s at 316 TFLOP/s"], rows, "lrrrrrr")
+
+
+@table("vs_torch_order", "benchmarks/vs_torch_order_cpu_2core.jsonl")
+def vs_torch_order(records: list[dict]) -> list[str]:
+  """`progae bench --vs-torch` with both sides as workers: every round's images/s in the order
+  it ran, and JAX / PyTorch over the rounds where JAX went first and where it went after."""
+  rows = []
+  for r in (r for r in records if r["kind"] == "stage"):
+    mode = r["torch_mode"]
+    runs = {"jax": r["jax_img_per_s_runs"],
+            **{m: t["img_per_s_runs"] for m, t in r["torch"].items()}}
+    rounds = "; ".join(", ".join(f"{side} {runs[side][i]:.0f}" for side in order)
+                       for i, order in enumerate(r["round_orders"]))
+    rows.append([f"{r['resolution']}x{r['resolution']} {r['phase']}", str(r["batch"]), rounds,
+                 f"{r['ratio']:.2f}x", f"{r['ratio_by_order']['jax_first']:.2f}x",
+                 f"{r['ratio_by_order']['jax_after']:.2f}x",
+                 f"{r['others_cpu_share']:.0%}" if r.get("others_cpu_share") is not None
+                 else "-"])
+  return markdown_table(["stage", "batch", "rounds (img/s, in the order run)",
+                         f"JAX / {mode}", "JAX first", "JAX after", "others' CPU"], rows,
+                        "lrlrrrr")
+
+
 # ---------------------------------------------------------------------------------------------
 # Pages
 

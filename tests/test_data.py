@@ -14,6 +14,8 @@ from progae_jax import data
 from progae_jax.data import builtin, convert, sources
 from progae_jax.ops import downsample
 
+from conftest import TEST_LARGE_PATCH_COUNTS
+
 
 @pytest.fixture
 def mock_tfds():
@@ -47,7 +49,8 @@ def _all_stored(name, split, data_dir):
 # --- Built-in datasets --------------------------------------------------------------------
 
 
-EXPECTED = {"digits": (8, 1, 1500, 297), "image_patches": (64, 3, 20_000, 2_000)}
+EXPECTED = {"digits": (8, 1, 1500, 297), "image_patches": (64, 3, 20_000, 2_000),
+            "image_patches_128": (128, 3, 70, 20)}  # Prepared small here (conftest.py).
 
 
 @pytest.mark.parametrize("name", data.BUILTIN_DATASETS)
@@ -125,6 +128,12 @@ def test_image_patches_are_deterministic(data_dir):
   regenerated = [example["image"] for _, example in builtin._patch_examples("test")]
   assert sorted(_hashes(regenerated)) == sorted(_hashes(_all_stored("image_patches", "test",
                                                                     data_dir)))
+  # The large preset's crops: 128 pixels wide, from the same photographs.
+  large = [example["image"] for _, example in builtin._patch_examples(
+      "test", 128, TEST_LARGE_PATCH_COUNTS)]
+  assert large[0].shape == (128, 128, 3)
+  assert sorted(_hashes(large)) == sorted(_hashes(_all_stored("image_patches_128", "test",
+                                                              data_dir)))
 
 
 def test_crash_while_preparing_leaves_nothing_that_reads_as_prepared(tmp_path, monkeypatch):

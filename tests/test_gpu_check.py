@@ -49,7 +49,10 @@ def _imports(path: str) -> set[str]:
   return names
 
 
-OPTIONAL = {"wandb"}  # Imported only for --wandb, which the GPU check never gives.
+# Imported only for --wandb and `progae export --onnx` (the extra `onnx`), which the GPU check
+# never runs; torch only by the tests of the PyTorch reference, which skip without it (the GPU
+# machine has it: machine_packages.txt).
+OPTIONAL = {"wandb", "jax2onnx", "onnx", "onnxruntime", "torch"}
 
 
 def _scanned_files() -> list[str]:
@@ -135,17 +138,16 @@ def test_wheels_txt_must_pin_every_line(tmp_path):
     fetch.read_pins(str(bad))
 
 
-def _defined_tests(path: str) -> set[str]:
-  with open(os.path.join(ROOT, path)) as f:
-    tree = ast.parse(f.read())
-  return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
-def test_every_quick_test_exists():
-  assert len(SMOKE) >= 6
-  for node in SMOKE:
-    path, _, name = node.split("[")[0].partition("::")
-    assert name in _defined_tests(path), f"smoke_tests.txt: {node} is not a test any more"
+def test_every_quick_test_is_collected_by_pytest():
+  """The ids as pytest itself collects them (parametrised ones included), not names read off
+  the source: an id that no longer exists makes pytest's collection fail."""
+  assert len(SMOKE) >= 6 and len(set(SMOKE)) == len(SMOKE)
+  out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                        "-p", "no:cacheprovider", "-p", "no:randomly", *SMOKE],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  collected = [line for line in out.stdout.splitlines() if "::" in line]
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert sorted(collected) == sorted(SMOKE), set(SMOKE) ^ set(collected)
 
 
 def test_the_script_parses():
@@ -153,27 +155,117 @@ def test_the_script_parses():
   assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
 
 
+def _stage(res, **kw):
+  return {"kind": "stage", "resolution": res, "phase": "stable", "batch": 256,
+          "compute_dtype": "bfloat16", "jax_img_per_s": 1000.0, "flops_per_step": 6.25e13,
+          "tflops": 250.0, "mfu": 0.3165, "mfu_datasheet": 0.2527, "peak_source": "measured",
+          "peak_tflops": 790.0, "compile_s": 21.3, "peak_mem_bytes": 40 * 2**30, **kw}
+
+
 def test_report_tables(tmp_path):
-  stage = lambda res, phase, b, dt, ips, **kw: {
-      "kind": "stage", "resolution": res, "phase": phase, "batch": b, "compute_dtype": dt,
-      "jax_img_per_s": ips, "torch_img_per_s": None, "flops_per_step": 2e9,
-      "tflops": 0.5, "mfu": None, **kw}
-  bench = [stage(32, "stable", 64, "float32", 1000.0),
-           stage(32, "stable", 64, "bfloat16", 1500.0, mfu=0.0123),
-           stage(32, "stable", 64, "float32", 900.0, torch_img_per_s=450.0, ratio=2.0)]
-  (tmp_path / "bench.jsonl").write_text("\n".join(map(json.dumps, bench)))
-  (tmp_path / "train_float32.jsonl").write_text("\n".join(map(json.dumps, [
+  torch = {"eager_bf16": {"img_per_s": 800.0, "ratio": 1.25},
+           "compile_bf16": {"img_per_s": 1000.0, "ratio": 1.0}}
+  large = [{"kind": "meta"}, _stage(128, torch=torch, ratio_by_order={"jax_first": 1.24,
+                                                                      "jax_after": 1.26}),
+           {"kind": "max_batch", "resolution": 128, "estimate": 1100,
+            "limit_bytes_per_device": 132 * 2**30, "largest_that_ran": 1096,
+            "tried": [{"batch": 1096, "ran": True}]}]
+  (tmp_path / "large.jsonl").write_text("\n".join(map(json.dumps, large)))
+  (tmp_path / "train_main.jsonl").write_text("\n".join(map(json.dumps, [
       {"kind": "train", "images_per_s": 5000.0},
-      {"kind": "eval", "psnr": 27.5, "ssim": 0.9, "images_seen": 166400}])))
-  (tmp_path / "smoke.txt").write_text("...\n9 passed in 50.0s\n")
+      {"kind": "eval", "psnr": 27.5, "ssim": 0.9, "images_seen": 108800}])))
+  (tmp_path / "smoke.txt").write_text("...\n10 passed in 50.0s\n")
   timings = tmp_path / "timings.tsv"
-  timings.write_text("smoke\t180\t50.0\t0\ntrain_float32\t150\t61.2\t0\n"
-                     "train_bfloat16\t150\t-\tskipped\n")
+  timings.write_text("large\t150\t120.0\t0\ntrain\t90\t61.2\t0\n"
+                     "max_batch\t60\t-\tskipped\n")
   text = report.report(str(tmp_path), str(timings), cpu_sizes=False)
-  assert "| 32x32 stable | 1,000 | 1,500 | 1.50 |" in text  # bf16 / float32 = 1.5
-  assert "| 32x32 stable | 64 | bfloat16 | 2.00 | 0.5 | 1.2% |" in text
-  assert "| 32x32 stable | 64 | 900 | 450 | 2.00 |" in text
-  assert "| float32 | 61.2 | 5,000 | 27.50 | 0.900 | 166,400 |" in text
-  assert "| bfloat16 | - (skipped, over budget) |" in text
-  assert "| train_bfloat16 | 150 | - | skipped, over budget |" in text
-  assert "9 passed in 50.0s" in text and "Steps total: 111 s" in text
+  assert ("| 128x128 stable | 256 | 1,000 | 250 | 31.6% | 25.3% | 21.3 | 40.0 | 800 | 1.25 "
+          "| 1,000 | 1.00 | 1.24 / 1.26 |") in text
+  assert "790 TFLOP/s" in text and "largest that ran: 1096" in text
+  assert "| 61.2 | 5,000 | 27.50 | 0.900 | 108,800 |" in text
+  assert "| max_batch | 60 | - | skipped, over budget |" in text
+  assert "10 passed in 50.0s" in text and "Steps total: 181 s" in text
+
+
+# A stand-in for the machine's Python: records every command line, answers as the real
+# programs would (in miniature), and runs the real report.
+STAND_IN = r"""#!/usr/bin/env bash
+all="$*"
+echo "$all" >> "$CALLS"
+case "$all" in
+  -\ *|-) cat > /dev/null; echo "python 3.12.3; backend $BACKEND; devices 1 x stand-in" ;;
+  *experiments/gpu/report.py*) exec "$REAL_PYTHON" "$@" ;;
+  *progae_jax.bench*--json*)
+    json=${all##*--json }; json=${json%% *}
+    echo '{"kind": "stage", "resolution": 16, "phase": "stable", "batch": 8,
+           "jax_img_per_s": 10.0, "compile_s": 1.0, "peak_mem_bytes": null}' | tr -d '\n' > "$json"
+    echo >> "$json" ;;
+  *progae_jax\ train*)
+    dir=${all##*--workdir }; dir=${dir%% *}; mkdir -p "$dir"
+    echo '{"kind": "eval", "psnr": 12.0, "ssim": 0.5, "images_seen": 3584}' > "$dir/metrics.jsonl" ;;
+  *pytest*) echo "10 passed in 1.0s" ;;
+esac
+exit 0
+"""
+
+
+def _run_script(tmp_path, allow_cpu: str, backend: str, **env_vars):
+  stand_in = tmp_path / "python"
+  stand_in.write_text(STAND_IN)
+  stand_in.chmod(0o755)
+  out, calls = tmp_path / "out", tmp_path / "calls.txt"
+  env = dict(os.environ, PYTHON=str(stand_in), ALLOW_CPU=allow_cpu, BACKEND=backend,
+             CALLS=str(calls), REAL_PYTHON=sys.executable, WORK=str(tmp_path / "work"),
+             **env_vars)
+  env.pop("WHEELS", None)
+  done = subprocess.run(["bash", "experiments/gpu_check.sh", str(out)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  return done, out, calls.read_text().splitlines()
+
+
+def test_the_script_in_cpu_mode_runs_every_step_at_reduced_sizes(tmp_path):
+  done, out, calls = _run_script(tmp_path, "1", "cpu")
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  benches = [c for c in calls if "progae_jax.bench" in c]
+  assert len(benches) == 3  # large, max_batch, large_small
+  for c in benches:
+    assert "--preset large" in c and "--width-divisor 32" in c and "--batch 8" in c
+  assert "--torch-modes eager_bf16,eager_fp32 --torch-device cpu" in benches[0]
+  assert "--max-batch" in benches[1] and "--vs-torch" not in benches[1]
+  assert any("--fade-images 512" in c for c in calls if "progae_jax train" in c)
+  assert any("pytest" in c and "[3-False]" in c for c in calls)
+  # A few files, as a device machine sends back (at most 8).
+  assert sorted(os.listdir(out)) == ["env.txt", "gpu_check.md", "large.jsonl", "log.txt",
+                                     "smoke.txt", "train_main.jsonl"]
+  text = (out / "gpu_check.md").read_text()
+  assert "ALLOW_CPU=1" in text and "| 16x16 stable | 8 | 10 |" in text
+
+
+def test_the_script_on_a_gpu_runs_the_large_preset_beside_every_torch_mode(tmp_path):
+  done, out, calls = _run_script(tmp_path, "0", "gpu")
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  benches = [c for c in calls if "progae_jax.bench" in c]
+  assert "--resolutions 128,64" in benches[0] and "--resolutions 32,16" in benches[2]
+  for c in (benches[0], benches[2]):
+    assert ("--torch-modes eager_bf16,compile_bf16,eager_fp32 --torch-device cuda" in c
+            and "--stage-budget 70" in c and "--measure-peak" in c)
+  assert "--resolutions 128 " in benches[1] and "--max-batch" in benches[1]
+  timings = (tmp_path / "work" / "timings.tsv").read_text()
+  limits = dict(line.split("\t")[:2] for line in timings.splitlines())
+  # Every step under its own limit, and the limits within the 270 s budget's reach.
+  assert limits == {"env": "20", "smoke": "150", "data": "90", "large": "150",
+                    "train": "90", "large_small": "100", "max_batch": "60"}
+
+
+def test_only_runs_the_steps_asked_for(tmp_path):
+  done, out, calls = _run_script(tmp_path, "0", "gpu", ONLY="large_small")
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  runs = [c for c in calls if c.startswith(("-m progae_jax", "-m pytest"))]
+  assert len(runs) == 1 and "--resolutions 32,16" in runs[0]
+  assert "| large | 150 | - | not asked for (ONLY) |" in (out / "gpu_check.md").read_text()
+
+
+def test_no_gpu_stops_the_script_unless_allowed(tmp_path):
+  done, _, calls = _run_script(tmp_path, "0", "cpu")
+  assert done.returncode == 3 and "ALLOW_CPU=1" in done.stdout
+  assert not any("progae_jax.bench" in c for c in calls)

@@ -32,3 +32,9 @@ def test_mfu_needs_a_known_peak():
   assert mfu.utilisation(1e9, 10.0, None)["mfu"] is None
   assert mfu.utilisation(None, 10.0, 100.0) == {"flops_per_step": None, "tflops": None,
                                                 "mfu": None, "peak_tflops": 100.0}
+
+
+def test_the_measured_peak_times_a_matrix_product_on_the_device():
+  measured = mfu.measured_matmul_tflops("float32", size=64, seconds=0.01)
+  assert measured["tflops"] > 0 and measured["size"] == 64 and measured["dtype"] == "float32"
+  assert measured["device_kind"] == jax.devices()[0].device_kind

@@ -2,14 +2,15 @@
 
     python experiments/gpu/report.py --out OUT --timings WORK/timings.tsv [--cpu-sizes 1]
 
-Reads env.txt, smoke.txt, bench.jsonl and train_<dtype>.jsonl; writes OUT/gpu_check.md:
+Reads env.txt, smoke.txt, large.jsonl and train_main.jsonl; writes OUT/gpu_check.md:
 
     environment        card, driver, versions
     smoke tests        pytest's last line
-    step speed         images/s per stage (rows) and batch x dtype (columns); bf16 / float32
-    FLOPs and MFU      TFLOP/s and MFU per stage, XLA's FLOP count of the compiled step
-    PyTorch            JAX / PyTorch eager, where the reference ran
-    main job           wall time, training images/s, final held-out PSNR / SSIM, per dtype
+    large preset       per stage: batch, JAX images/s, TFLOP/s, MFU (measured matrix rate and
+                       datasheet), compile s, peak memory; each PyTorch mode's images/s and
+                       JAX / it; JAX / the first mode with JAX first and with JAX after
+    largest batch      at 128x128: the estimate from XLA's buffers, what was run
+    main job           wall time, training images/s, final held-out PSNR / SSIM
     timings            every step's wall time against its limit
 """
 
@@ -19,8 +20,6 @@ import argparse
 import json
 import os
 import statistics
-
-DTYPES = ("float32", "bfloat16")
 
 
 def _read(path: str) -> str:
@@ -39,79 +38,94 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
           + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _stages(bench: list[dict]) -> tuple[list[tuple], dict]:
-  """Stage records by (resolution, phase, batch, dtype); the stage keys in training order."""
-  by = {}
-  for r in bench:
-    if r.get("kind") == "stage" and r.get("torch_img_per_s") is None:
-      by[(r["resolution"], r["phase"], r["batch"], r.get("compute_dtype", "float32"))] = r
-  keys = sorted({(k[0], k[1]) for k in by}, key=lambda k: (k[0], k[1] == "stable"))
-  return keys, by
+def _pct(x) -> str:
+  return "-" if x is None else f"{x:.1%}"
 
 
-def speed_tables(bench: list[dict]) -> list[str]:
-  keys, by = _stages(bench)
-  if not keys:
-    return ["(no benchmark results: see log.txt)"]
-  cols = sorted({(k[2], k[3]) for k in by}, key=lambda c: (c[0], DTYPES.index(c[1])))
-  batches = sorted({c[0] for c in cols})
-  fmt = lambda r, f: "-" if r is None or r.get(f) is None else r[f]
-  rows, flops = [], []
-  for res, phase in keys:
-    cells = [f"{fmt(by.get((res, phase) + c), 'jax_img_per_s'):,.0f}"
-             if by.get((res, phase) + c) else "-" for c in cols]
-    ratios = []
-    for b in batches:
-      f32, bf = by.get((res, phase, b, "float32")), by.get((res, phase, b, "bfloat16"))
-      ratios.append(f"{bf['jax_img_per_s'] / f32['jax_img_per_s']:.2f}" if f32 and bf else "-")
-    rows.append([f"{res}x{res} {phase}", *cells, *ratios])
-    for c in cols:
-      r = by.get((res, phase) + c)
-      if r and r.get("tflops") is not None:
-        mfu = "-" if r.get("mfu") is None else f"{r['mfu']:.1%}"
-        flops.append([f"{res}x{res} {phase}", str(c[0]), c[1],
-                      f"{r['flops_per_step'] / 1e9:.2f}", f"{r['tflops']:.3g}", mfu])
-  head = (["stage"] + [f"b{b} {dt}" for b, dt in cols]
-          + [f"b{b} bf16/f32" for b in batches])
-  out = ["Training step, images/s (median of the timed windows; data loading not included):",
-         ""] + _table(head, rows)
-  if flops:
-    out += ["", "FLOPs per step from XLA's cost analysis of the compiled step; MFU against "
-            "the datasheet's dense peak (progae_jax/mfu.py):", ""]
-    out += _table(["stage", "batch", "dtype", "GFLOP/step", "TFLOP/s", "MFU"], flops)
-  return out
+def _gib(b) -> str:
+  return "-" if b is None else f"{b / 2**30:.1f}"
 
 
-def torch_table(bench: list[dict]) -> list[str]:
-  rows = [[f"{r['resolution']}x{r['resolution']} {r['phase']}", str(r["batch"]),
-           f"{r['jax_img_per_s']:,.0f}", f"{r['torch_img_per_s']:,.0f}", f"{r['ratio']:.2f}"]
-          for r in bench if r.get("kind") == "stage" and r.get("torch_img_per_s") is not None]
-  if not rows:
-    return ["(no PyTorch comparison ran)"]
-  return _table(["stage", "batch", "JAX img/s", "PyTorch eager img/s", "JAX / PyTorch"], rows)
+def _num(x, fmt: str = ",.0f") -> str:
+  return "-" if x is None else format(x, fmt)
+
+
+MODES = ("eager_bf16", "compile_bf16", "eager_fp32")
+
+
+def large_table(records: list[dict]) -> list[str]:
+  """One row per stage timed: JAX's numbers, then each PyTorch mode's images/s and ratio."""
+  stages = [r for r in records if r.get("kind") == "stage"]
+  if not stages:
+    return ["(no results for the large preset: see log.txt)"]
+  modes = [m for m in MODES if any(m in (r.get("torch") or {}) for r in stages)]
+  head = ["stage", "batch", "JAX img/s", "TFLOP/s", "MFU (measured peak)", "MFU (datasheet)",
+          "compile s", "peak GiB"]
+  for m in modes:
+    head += [f"{m} img/s", f"JAX / {m}"]
+  head += ["JAX / first mode, JAX first / after"] if modes else []
+  rows = []
+  for r in sorted(stages, key=lambda r: (-r["resolution"], "torch" not in r)):
+    mfu_sheet = r.get("mfu_datasheet", r.get("mfu") if r.get("peak_source") == "datasheet"
+                      else None)
+    row = [f"{r['resolution']}x{r['resolution']} {r['phase']}", str(r["batch"]),
+           _num(r["jax_img_per_s"]), _num(r.get("tflops"), ".3g"),
+           _pct(r.get("mfu") if r.get("peak_source") == "measured" else None), _pct(mfu_sheet),
+           _num(r.get("compile_s"), ".1f"), _gib(r.get("peak_mem_bytes"))]
+    for m in modes:
+      t = (r.get("torch") or {}).get(m) or {}
+      if "error" in t:  # The worker failed (its error is in large.jsonl).
+        row += ["failed", "-"]
+        continue
+      row += [_num(t.get("img_per_s")), "-" if not t else f"{t['ratio']:.2f}"]
+    if modes:
+      o = r.get("ratio_by_order") or {}
+      row.append(f"{o.get('jax_first', '-')} / {o.get('jax_after', '-')}" if o else "-")
+    rows.append(row)
+  peaks = [r for r in records if r.get("kind") == "peak"] + [
+      {"tflops": r["peak_tflops"]} for r in stages if r.get("peak_source") == "measured"]
+  out = ["FLOPs from XLA's cost analysis of the compiled step; MFU against the device's own "
+         "bf16 matrix rate (a large matrix product timed first"
+         + (f": {peaks[0]['tflops']:,.4g} TFLOP/s" if peaks else "")
+         + ") and against the datasheet's dense peak (progae_jax/mfu.py). Peak memory: the "
+         "device's counter in the JAX process (a worker per stage). PyTorch: "
+         "benchmarks/torch_reference.py, each mode a worker beside JAX's, rounds in rotating "
+         "order.", ""]
+  return out + _table(head, rows)
+
+
+def max_batch_lines(records: list[dict]) -> list[str]:
+  found = [r for r in records if r.get("kind") == "max_batch"]
+  if not found:
+    return ["(not run)"]
+  r = found[-1]
+  if r.get("estimate") is None:
+    return [f"not estimated: {r.get('why')}"]
+  tried = ", ".join(f"{t['batch']} ({'ran' if t['ran'] else 'failed'})" for t in r["tried"])
+  return [f"{r['resolution']}x{r['resolution']} stable: estimated {r['estimate']:,} from XLA's "
+          f"buffers and {_gib(r['limit_bytes_per_device'])} GiB per device; tried {tried}; "
+          f"largest that ran: {r.get('largest_that_ran', '-')}"]
 
 
 def _result(rc: str) -> str:
-  names = {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run"}
+  names = {"0": "ok", "skipped": "skipped, over budget", "missing": "did not run",
+           "not asked": "not asked for (ONLY)"}
   return names.get(rc, f"exit {rc}")
 
 
 def train_table(out: str, timings: dict) -> list[str]:
-  rows = []
-  for dt in DTYPES:
-    recs = _jsonl(os.path.join(out, f"train_{dt}.jsonl"))
-    rates = [r["images_per_s"] for r in recs if r.get("kind") == "train" and "images_per_s" in r]
-    evals = [r for r in recs if r.get("kind") == "eval"]
-    last = evals[-1] if evals else {}
-    wall, rc = timings.get(f"train_{dt}", ("-", "missing"))
-    nan = float("nan")
-    rows.append([dt, wall if rc == "0" else f"{wall} ({_result(rc)})",
-                 f"{statistics.median(rates):,.0f}" if rates else "-",
-                 f"{last.get('psnr', nan):.2f}", f"{last.get('ssim', nan):.3f}",
-                 f"{last.get('images_seen', 0):,}"])
-  return _table(["compute dtype", "wall s (process, compiles included)",
-                 "train images/s (median of log windows)", "final held-out PSNR dB", "SSIM",
-                 "images"], rows)
+  recs = _jsonl(os.path.join(out, "train_main.jsonl"))
+  rates = [r["images_per_s"] for r in recs if r.get("kind") == "train" and "images_per_s" in r]
+  evals = [r for r in recs if r.get("kind") == "eval"]
+  last = evals[-1] if evals else {}
+  wall, rc = timings.get("train", ("-", "missing"))
+  nan = float("nan")
+  row = [wall if rc == "0" else f"{wall} ({_result(rc)})",
+         f"{statistics.median(rates):,.0f}" if rates else "-",
+         f"{last.get('psnr', nan):.2f}", f"{last.get('ssim', nan):.3f}",
+         f"{last.get('images_seen', 0):,}"]
+  return _table(["wall s (process, compiles included)", "train images/s (median of log "
+                 "windows)", "final held-out PSNR dB", "SSIM", "images"], [row])
 
 
 def read_timings(path: str) -> dict:
@@ -127,11 +141,12 @@ def timings_table(path: str) -> list[str]:
   rows = [line.split("\t") for line in _read(path).splitlines()]
   total = sum(float(r[2]) for r in rows if r[2] != "-")
   rows = [[n, lim, w, _result(rc)] for n, lim, w, rc in rows]
-  return _table(["step", "limit s", "wall s", "result"], rows) + ["", f"Steps total: {total:.0f} s"]
+  return (_table(["step", "limit s", "wall s", "result"], rows)
+          + ["", f"Steps total: {total:.0f} s (smoke and data ran in the background)"])
 
 
 def report(out: str, timings_path: str, cpu_sizes: bool) -> str:
-  bench = _jsonl(os.path.join(out, "bench.jsonl"))
+  large = _jsonl(os.path.join(out, "large.jsonl"))
   smoke = _read(os.path.join(out, "smoke.txt")).splitlines()
   parts = ["# GPU check", ""]
   if cpu_sizes:
@@ -139,8 +154,9 @@ def report(out: str, timings_path: str, cpu_sizes: bool) -> str:
               ""]
   parts += ["```", _read(os.path.join(out, "env.txt")), "```", "",
             "## Quick tests (experiments/gpu/smoke_tests.txt)", "",
-            smoke[-1] if smoke else "(did not run)", "", "## Training step", ""]
-  parts += speed_tables(bench) + ["", "## PyTorch eager beside it", ""] + torch_table(bench)
+            smoke[-1] if smoke else "(did not run)", "",
+            "## The large preset's training step (progae bench --preset large)", ""]
+  parts += large_table(large) + ["", "## Largest batch", ""] + max_batch_lines(large)
   parts += ["", "## Main job (progae train --preset main)", ""]
   parts += train_table(out, read_timings(timings_path))
   parts += ["", "## Timings", ""] + timings_table(timings_path) + [""]

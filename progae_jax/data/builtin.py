@@ -1,7 +1,8 @@
 """The built-in datasets: tfds builders that prepare themselves from images in installed packages.
 
-    digits          scikit-learn's 1,797 handwritten digits, 8x8x1: first 1,500 train
-    image_patches   64x64x3 crops of the photographs in scikit-image and scikit-learn
+    digits              scikit-learn's 1,797 handwritten digits, 8x8x1: first 1,500 train
+    image_patches       64x64x3 crops of the photographs in scikit-image and scikit-learn
+    image_patches_128   128x128x3 crops of the same photographs (the large preset's data)
 
 Both are real `tfds.core.GeneratorBasedBuilder`s with uint8 `Tensor` features in array_record
 files, prepared into `data_dir` on first use (nothing is downloaded) and read back like any
@@ -20,7 +21,7 @@ from progae_jax.data import storage
 from progae_jax.data.errors import DataError, UnknownDatasetError
 from progae_jax.ops import downsample
 
-BUILTIN_DATASETS = ("digits", "image_patches")
+BUILTIN_DATASETS = ("digits", "image_patches", "image_patches_128")
 
 
 # scikit-learn's digits are UCI's optdigits test set in file order; 1,797 images, no two equal.
@@ -39,10 +40,13 @@ _PATCH_LICENCE = ("astronaut, rocket, hubble_deep_field: public domain (NASA, Sp
                   "restrictions (CMMI); china, flower: CC BY 2.0 (Flickr users danielbuechele, "
                   "vultilion), as shipped in sklearn/datasets/images")
 _PATCH_SIZE = 64
-_PATCH_SCALES = (1, 2, 4)  # Crops of 64, 128 and 256 pixels, box-filtered down to 64.
+_PATCH_SCALES = (1, 2, 4)  # Crops of 1, 2 and 4 times the size, box-filtered down to it.
 _PATCH_MIN_STD = 6.0  # Crops flatter than this (uint8 units) are drawn again: black sky.
 _PATCH_COUNTS = {"train": 20_000, "test": 2_000}
 _PATCH_SEEDS = {"train": 1, "test": 2}  # Fixed per VERSION: the crops never change.
+# The large preset's crops: 128 pixels (of 128, 256 or 512), half as many (491 MB stored).
+_LARGE_PATCH_SIZE = 128
+_LARGE_PATCH_COUNTS = {"train": 10_000, "test": 1_000}
 
 
 def _load_photo(name: str) -> np.ndarray:
@@ -54,8 +58,8 @@ def _load_photo(name: str) -> np.ndarray:
   return getattr(skimage.data, name)()
 
 
-def _pyramid(photo: np.ndarray) -> list[np.ndarray]:
-  """The photo box-filtered 0, 1, 2, ... times, while a 64x64 crop still fits.
+def _pyramid(photo: np.ndarray, size: int = _PATCH_SIZE) -> list[np.ndarray]:
+  """The photo box-filtered 0, 1, 2, ... times, while a size x size crop still fits.
 
   A 64x64 crop of level j at (y, x) is exactly the 64*2**j crop at (y*2**j, x*2**j),
   box-filtered j times: cropping the pyramid costs a slice, not a filter per crop.
@@ -63,22 +67,23 @@ def _pyramid(photo: np.ndarray) -> list[np.ndarray]:
   levels = [photo[None].astype(np.float32)]
   while len(levels) < len(_PATCH_SCALES):
     _, h, w, _ = levels[-1].shape
-    if min(h, w) // 2 < _PATCH_SIZE:
+    if min(h, w) // 2 < size:
       break
     levels.append(downsample(levels[-1][:, :h // 2 * 2, :w // 2 * 2]))
   return [level[0] for level in levels]
 
 
-def _random_crops(photo: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-  """`count` 64x64 uint8 crops of one photo at random places, scales and mirror flips."""
-  levels = _pyramid(photo)
-  out = np.empty((count, _PATCH_SIZE, _PATCH_SIZE, 3), np.uint8)
+def _random_crops(photo: np.ndarray, count: int, rng: np.random.Generator,
+                  size: int = _PATCH_SIZE) -> np.ndarray:
+  """`count` size x size uint8 crops of one photo at random places, scales and mirror flips."""
+  levels = _pyramid(photo, size)
+  out = np.empty((count, size, size, 3), np.uint8)
   for i in range(count):
     for _ in range(20):  # Retry flat crops; the 20th is kept whatever it is.
       level = levels[rng.integers(len(levels))]
       h, w, _ = level.shape
-      y, x = rng.integers(h - _PATCH_SIZE + 1), rng.integers(w - _PATCH_SIZE + 1)
-      crop = level[y:y + _PATCH_SIZE, x:x + _PATCH_SIZE]
+      y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
+      crop = level[y:y + size, x:x + size]
       if crop.std() >= _PATCH_MIN_STD:
         break
     if rng.integers(2):
@@ -87,15 +92,16 @@ def _random_crops(photo: np.ndarray, count: int, rng: np.random.Generator) -> np
   return out
 
 
-def _patch_examples(split: str) -> Iterator[tuple[int, dict]]:
+def _patch_examples(split: str, size: int = _PATCH_SIZE,
+                    counts=_PATCH_COUNTS) -> Iterator[tuple[int, dict]]:
   """The crops of one split, the same ones every time (a fixed seed per split)."""
   photos = _PATCH_TRAIN_PHOTOS if split == "train" else _PATCH_TEST_PHOTOS
   rng = np.random.default_rng(_PATCH_SEEDS[split])
-  total = _PATCH_COUNTS[split]
+  total = counts[split]
   key = 0
   for p, name in enumerate(photos):
     count = total // len(photos) + (p < total % len(photos))
-    for crop in _random_crops(_load_photo(name), count, rng):
+    for crop in _random_crops(_load_photo(name), count, rng, size):
       yield key, {"image": crop, "source": PATCH_PHOTOS.index(name)}
       key += 1
 
@@ -162,7 +168,33 @@ class ImagePatches(_PackagedBuilder, skip_registration=True):
     yield from _patch_examples(split)
 
 
-_BUILDERS = {"digits": Digits, "image_patches": ImagePatches}
+class ImagePatches128(_PackagedBuilder, skip_registration=True):
+  """128x128 RGB crops of the same photographs: the large preset's data (4x4 -> 128x128)."""
+
+  name = "image_patches_128"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "10,000 train crops of 7 photos, 1,000 test crops of 2 others."}
+
+  def _info(self):
+    size = _LARGE_PATCH_SIZE
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(f"Random {size}x{size} crops ({size}, {2 * size} or {4 * size} pixels "
+                     f"box-filtered to {size}, mirrored at random) of "
+                     f"{', '.join(_PATCH_TRAIN_PHOTOS)} (train) and "
+                     f"{', '.join(_PATCH_TEST_PHOTOS)} (test). 'source' indexes {PATCH_PHOTOS}."),
+        features=tfds.features.FeaturesDict({
+            "image": storage.image_feature((size, size, 3)),
+            "source": tfds.features.Tensor(shape=(), dtype=np.int64)}),
+        homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
+        license=_PATCH_LICENCE)
+
+  def _generate_examples(self, split):
+    yield from _patch_examples(split, _LARGE_PATCH_SIZE, _LARGE_PATCH_COUNTS)
+
+
+_BUILDERS = {"digits": Digits, "image_patches": ImagePatches,
+             "image_patches_128": ImagePatches128}
 
 
 def builder(name: str, data_dir: str):
