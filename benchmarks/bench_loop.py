@@ -45,6 +45,8 @@ def _config(args):
     _scale(fields, args.images_scale)
   if args.compute_dtype:
     fields["compute_dtype"] = args.compute_dtype
+  if args.data_dir:
+    fields["data_dir"] = args.data_dir
   return cli.config_from_fields(fields)
 
 
@@ -189,6 +191,7 @@ def main(argv=None) -> int:
   p.add_argument("--images-scale", type=float, default=1.0,
                  help="every phase's images times this (a shorter run)")
   p.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
+  p.add_argument("--data-dir", help="where the datasets are prepared (default: tfds's own)")
   p.add_argument("--out", help="write the result to this JSON file (docs/ tables are rendered "
                  "from it by experiments/render_results.py)")
   args = p.parse_args(argv)

@@ -35,6 +35,10 @@
 #   train        90   progae train --preset main (float32, batch 64, 108,800 images) -> train_main.jsonl
 #   max_batch    60   the largest batch whose 128x128 step runs (estimated from XLA's buffers,
 #                     then compiled and run), JAX alone in its process    -> large.jsonl
+#   process     170   benchmarks/bench_process.py: the main job as whole processes, cold, warm
+#                     and --deterministic twice (the same bits?)           -> process.json
+#   loop         70   benchmarks/bench_loop.py --preset main: the loop's images/s beside its own
+#                     step's, and where the job's wall time goes          -> loop.json
 #   large_small 100   the same comparison at 32x32 and 16x16               -> large.jsonl
 # What an overrun of the budget costs is the last steps, in that order. Cut by design: the
 # main job's model at batches 512 and 2048 (its step at 32x32 is 55 GFLOP a batch of 64: at
@@ -43,7 +47,8 @@
 # reference), the fade phases (a fade costs its stable phase plus the old stage's 1x1
 # adapters: benchmarks/large_preset_costs.jsonl) and the stages below 16x16.
 # $OUT gets at most 8 files: gpu_check.md (the tables), env.txt, smoke.txt, large.jsonl,
-# train_main.jsonl, log.txt. Scratch goes to $WORK (default /tmp/progae_gpu).
+# train_main.jsonl, process.json, loop.json, log.txt. Scratch goes to $WORK (default
+# /tmp/progae_gpu). BUDGET_S=560 runs every step but the last on an H200.
 set -uo pipefail
 
 OUT=${1:-${OUT:-runs/gpu_check}}
@@ -69,13 +74,14 @@ if [ "$ALLOW_CPU" = "1" ]; then
   MAXB=(--resolutions 16 --width-divisor 32 --batch 8 --max-batch-memory 0.25)
   TRAIN_ARGS=(--fade-images 512 --stable-images 512 --eval-every-images 100000
               --checkpoint-every-images 100000)
+  LOOP_ARGS=(--images-scale 0.05)
   BUDGET_S=${BUDGET_S:-0}; SCALE=${SCALE:-10}  # No budget; time limits x10.
 else
   BIG=(--resolutions 128,64); SMALL=(--resolutions 32,16)
   TIMING=(--rounds 3 --window 0.5 --stage-budget 70)
   MODES=eager_bf16,compile_bf16,eager_fp32; TORCH_DEVICE=cuda
   MAXB=(--resolutions 128)
-  TRAIN_ARGS=()
+  TRAIN_ARGS=(); LOOP_ARGS=()
   BUDGET_S=${BUDGET_S:-270}; SCALE=${SCALE:-1}
 fi
 
@@ -190,6 +196,13 @@ cp "$WORK/run_main/metrics.jsonl" "$OUT/train_main.jsonl" 2>/dev/null
 # JAX alone, with the device's memory (not the default 75% of it) for XLA's allocator.
 ( export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   large max_batch 60 "${MAXB[@]}" --rounds 1 --window 0.3 --max-batch )
+
+# The main job as whole processes (cold, warm, deterministic twice), then its loop beside its
+# own step and where its wall time goes (benchmarks/training_speed.md).
+step process 170 "$WORK/process.log" "$PY" benchmarks/bench_process.py \
+  --out "$OUT/process.json" -- --data-dir "$DATA" "${TRAIN_ARGS[@]}"
+step loop 70 "$WORK/loop.log" "$PY" benchmarks/bench_loop.py --preset main --data-dir "$DATA" \
+  --out "$OUT/loop.json" "${LOOP_ARGS[@]}"
 
 large large_small 100 "${SMALL[@]}" "${TIMING[@]}" "${TORCH[@]}"
 

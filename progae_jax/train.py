@@ -363,15 +363,19 @@ def _resume_or_start(run: _Run, restart: bool) -> None:
     raise ckpt_lib.CheckpointError(f"--resume-from-step {run.resume_from_step}: there is no "
                                    f"checkpoint in {ckpt.directory}")
   resuming = bool(ckpt.steps()) and not restart
+  if resuming:  # The checkpoint is checked against the config before any data is read.
+    step, meta = _resume_point(run)
   run.held_out = _pinned_held_out(run, resuming)
   run.eval_batch = _eval_batch(run.held_out, run.mesh)
   if resuming:
-    restored = _restore_for_resume(run)
-    run.state, run.images_seen = restored.state, restored.meta["images_seen"]
+    stage = Stage(meta["resolution"], meta["phase"] == "fade")
+    run.images_seen = meta["images_seen"]
+    _compile_ahead(run, stage)  # Meanwhile the state is restored.
+    restored = _restore_for_resume(run, step, stage)
+    run.state = restored.state
     if restored.data_state is not None:
       run.resume_data = (restored.meta["phase_index"], restored.data_state)
     seconds = restored.meta.get("train_seconds", 0.0)
-    _compile_ahead(run, stage_of(run.state["params"]))
   else:
     _compile_ahead(run, Stage(MIN_RESOLUTION, False))  # Meanwhile the state is made.
     run.state = init_state(config, run.optimizer, run.mesh)
@@ -467,9 +471,9 @@ def _start_watching(run: _Run) -> None:
     print(annealing_note(run.config))
 
 
-def _restore_for_resume(run: _Run) -> ckpt_lib.Restored:
-  """The latest checkpoint (or `resume_from_step`), checked against the run's config. A
-  damaged one is refused with the intact earlier ones named, to resume from instead."""
+def _resume_point(run: _Run) -> tuple[int, dict]:
+  """The latest checkpoint (or `resume_from_step`) and its metadata, checked against the
+  run's config. A damaged one is refused with the intact earlier ones named."""
   ckpt, step = run.ckpt, run.resume_from_step
   step = ckpt.steps()[-1] if step is None else step
   try:
@@ -481,9 +485,14 @@ def _restore_for_resume(run: _Run) -> ckpt_lib.Restored:
     raise ckpt_lib.CheckpointError(
         f"the checkpoint in {ckpt.directory} contradicts this run's config:\n  " +
         "\n  ".join(diffs) + "\n(use another --workdir, or --restart to start afresh)")
-  stage = Stage(meta["resolution"], meta["phase"] == "fade")
+  return step, meta
+
+
+def _restore_for_resume(run: _Run, step: int, stage: Stage) -> ckpt_lib.Restored:
+  """The state of checkpoint `step`, at `stage`; a damaged one is refused with the intact
+  earlier ones named, to resume from instead."""
   try:
-    return ckpt.restore(step, abstract_state(run.config, stage, run.optimizer, run.mesh))
+    return run.ckpt.restore(step, abstract_state(run.config, stage, run.optimizer, run.mesh))
   except ckpt_lib.CheckpointError as e:
     raise _with_intact(run, e, step) from None
 
