@@ -4,6 +4,7 @@ date (experiments/render_results.py and its test read these four keys)."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import sys
@@ -21,3 +22,12 @@ def provenance() -> dict:
                       "processor": platform.processor() or platform.machine()},
           "versions": {"progae_jax": progae_jax.__version__, "jax": jax.__version__,
                        "python": platform.python_version()}}
+
+
+def write(path: str | None, record: dict) -> None:
+  """`record` as JSON in `path` (its folder made), if a path is given."""
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(record, f, indent=1)
+    print(f"wrote {path}")

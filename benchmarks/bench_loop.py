@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from _provenance import provenance
+from _provenance import provenance, write
 
 TINY = {"dataset": "digits", "max_resolution": 8,
         "model": {"channels": {"4": 8, "8": 8}, "latent_dim": 8}, "stages": {},
@@ -201,10 +201,7 @@ def main(argv=None) -> int:
     compilation.enable_cache(os.environ["PROGAE_BENCH_CACHE"])
   record = {**measure(args), **provenance()}
   print(format_record(record))
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(record, f, indent=1)
+  write(args.out, record)
   return 0
 
 

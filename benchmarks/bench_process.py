@@ -18,14 +18,13 @@ checkpoints) and the same held-out PSNR. Arguments after `--` go to every `proga
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-from _provenance import provenance
+from _provenance import provenance, write
 
 
 def train_process(workdir: str, cache: str, preset: str, extra: list[str]) -> dict:
@@ -87,10 +86,7 @@ def main(argv=None) -> int:
     print(f"{name:<19} {r['wall_s']:7.1f} s   final PSNR {r['final_psnr']}")
   print(f"deterministic runs, same bits: {record['deterministic_same_bits']}; "
         f"cold and warm, same bits: {record['cold_warm_same_bits']}")
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(record, f, indent=1)
+  write(args.out, record)
   return 0
 
 

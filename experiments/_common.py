@@ -219,15 +219,9 @@ def cpu_machine(devices) -> dict:
 
 def write(out: str, name: str, result: dict, figure) -> tuple[str, str]:
   """`<out>/result.json` (with the command and machine) and `<out>/<name>.png`."""
-  os.makedirs(out, exist_ok=True)
   result = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
             "machine": machine(), **result}
-  json_path, png_path = os.path.join(out, "result.json"), os.path.join(out, f"{name}.png")
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=1)
-  figure.savefig(png_path, dpi=110, bbox_inches="tight")
-  print(f"wrote {json_path} and {png_path}")
-  return json_path, png_path
+  return write_collected(out, name, result, figure)
 
 
 def set_up_cpu() -> None:

@@ -392,13 +392,8 @@ def loop_cpu(r: dict) -> list[str]:
   return _loop_table(r)
 
 
-@table("loop_gpu", "benchmarks/results/loop_gpu.json")
-def loop_gpu(r: dict) -> list[str]:
-  return _loop_table(r)
-
-
-@table("process_gpu", "benchmarks/results/process_gpu.json")
-def process_gpu(r: dict) -> list[str]:
+@table("process_cpu", "benchmarks/results/process_cpu.json")
+def process_cpu(r: dict) -> list[str]:
   names = {"cold": "cold: an empty compilation cache", "warm": "warm: the same command again",
            "deterministic": "--deterministic, its first run",
            "deterministic_warm": "--deterministic again (warm)"}

@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
-from progae_jax import compilation
+from progae_jax import cli, compilation
+from progae_jax.schedule import TrainConfig
 
 from conftest import tiny_run
 
@@ -51,7 +53,16 @@ def test_a_second_run_of_a_config_in_a_fresh_process_compiles_nothing(data_dir, 
   # Every program of the second run comes from the cache: XLA compiles nothing.
   assert _train(config, tmp_path / "b", data_dir, env, "--deterministic") == (programs,
                                                                               programs)
-  assert _train(config, tmp_path / "c", data_dir, env, "--no-compile-cache") == (programs, 0)
+
+
+def test_no_compile_cache_leaves_the_cache_off(monkeypatch):
+  asked = []
+  monkeypatch.setattr(compilation, "enable_cache", lambda *args: asked.append(args))
+  config = TrainConfig()
+  cli._set_up_compiler(types.SimpleNamespace(no_compile_cache=True), config)
+  assert asked == []
+  cli._set_up_compiler(types.SimpleNamespace(no_compile_cache=False), config)
+  assert asked == [()]
 
 
 def test_the_cache_directory_is_the_users_unless_told_otherwise(monkeypatch, tmp_path):

@@ -233,6 +233,7 @@ def test_the_script_in_cpu_mode_runs_every_step_at_reduced_sizes(tmp_path):
   assert "--torch-modes eager_bf16,eager_fp32 --torch-device cpu" in benches[0]
   assert "--max-batch" in benches[1] and "--vs-torch" not in benches[1]
   assert any("--fade-images 512" in c for c in calls if "progae_jax train" in c)
+  assert any("bench_loop.py" in c and "--images-scale 0.05" in c for c in calls)
   assert any("pytest" in c and "[3-False]" in c for c in calls)
   # A few files, as a device machine sends back (at most 8).
   assert sorted(os.listdir(out)) == ["env.txt", "gpu_check.md", "large.jsonl", "log.txt",
@@ -254,7 +255,11 @@ def test_the_script_on_a_gpu_runs_the_large_preset_beside_every_torch_mode(tmp_p
   limits = dict(line.split("\t")[:2] for line in timings.splitlines())
   # Every step under its own limit, and the limits within the 270 s budget's reach.
   assert limits == {"env": "20", "smoke": "150", "data": "90", "large": "150",
-                    "train": "90", "large_small": "100", "max_batch": "60"}
+                    "train": "90", "large_small": "100", "max_batch": "60", "process": "170",
+                    "loop": "70"}
+  # The main job as whole processes, and its loop beside its step, on the prepared data.
+  assert any("benchmarks/bench_process.py" in c and "--data-dir" in c for c in calls)
+  assert any("benchmarks/bench_loop.py --preset main" in c for c in calls)
 
 
 def test_only_runs_the_steps_asked_for(tmp_path):

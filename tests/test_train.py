@@ -292,15 +292,14 @@ def test_a_second_run_in_the_process_reuses_the_steps_and_trains_the_same(data_d
     assert programs(other) is not programs(config)
 
 
-def test_programs_compiled_ahead_train_the_same_bits_as_a_plain_jitted_call(data_dir, tmp_path,
+def test_programs_compiled_ahead_train_the_same_bits_as_a_plain_jitted_call(run, tmp_path,
                                                                             monkeypatch):
-  """The executables compiled in background threads are the ones a first call compiles."""
-  config = tiny_config(data_dir, fade_images=32, stable_images=32)
-  monkeypatch.setattr(steps, "_PROGRAMS", {})
-  ahead = train.train_and_evaluate(config, str(tmp_path / "ahead"), progress=False)
+  """The executables compiled in background threads (the module's run) are the ones a first
+  call of the jitted steps compiles."""
+  config, _, ahead, _, _ = run
   monkeypatch.setattr(steps, "_PROGRAMS", {})
   monkeypatch.setattr(steps, "_compile", lambda jitted, args: jitted)  # Called as jitted.
-  called = train.train_and_evaluate(config, str(tmp_path / "called"), progress=False)
+  called = train.train_and_evaluate(config, str(tmp_path), progress=False)
   for a, b in zip(jax.tree_util.tree_leaves(ahead.state), jax.tree_util.tree_leaves(called.state)):
     np.testing.assert_array_equal(a, b)
   assert ahead.final_eval["psnr"] == called.final_eval["psnr"]
@@ -323,14 +322,7 @@ def test_the_loop_brings_nothing_to_the_host_between_log_windows(data_dir, tmp_p
       return method(self, *args, **kwargs)
     return read
 
-  def allowing(fn):
-    def call(*args, **kwargs):
-      before, allowed.on = getattr(allowed, "on", False), True
-      try:
-        return fn(*args, **kwargs)
-      finally:
-        allowed.on = before
-    return call
+  allowing = lambda fn: _with_reads(fn, allowed, True)
 
   from jax._src import array
   value = array.ArrayImpl._value.fget
@@ -342,16 +334,16 @@ def test_the_loop_brings_nothing_to_the_host_between_log_windows(data_dir, tmp_p
   config = tiny_config(data_dir, fade_images=64, stable_images=64, log_every_steps=3,
                        anneal_images=64)
   # The set-up may read (a restored checkpoint, the held-out images); each phase may not.
-  monkeypatch.setattr(train, "_train_phase", _refused_in(train._train_phase, allowed))
+  monkeypatch.setattr(train, "_train_phase", _with_reads(train._train_phase, allowed, False))
   result = allowing(train.train_and_evaluate)(config, str(tmp_path), progress=False)
   assert not reads
   assert result.images_seen == 192 and len(_records(str(tmp_path), "train")) == 6
 
 
-def _refused_in(fn, allowed):
-  """`fn` with host reads refused again (inside a call that allowed them)."""
+def _with_reads(fn, allowed, on: bool):
+  """`fn` with reads of arrays to the host allowed (`on`) or refused while it runs."""
   def call(*args, **kwargs):
-    before, allowed.on = getattr(allowed, "on", False), False
+    before, allowed.on = getattr(allowed, "on", False), on
     try:
       return fn(*args, **kwargs)
     finally:
