@@ -20,6 +20,7 @@ phase's end. `--out FILE` writes the result as JSON, with command, machine, vers
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -92,7 +93,7 @@ def step_rates(config, plan, window_s: float = 0.5, rounds: int = 3) -> dict[str
   import jax
   import numpy as np
 
-  from progae_jax import optim, parallel, steps, train_state
+  from progae_jax import optim, parallel, steps, train, train_state
   from progae_jax.model import stage_of
   mesh = parallel.make_mesh()
   optimizer = optim.optimizer_for(config)
@@ -109,9 +110,10 @@ def step_rates(config, plan, window_s: float = 0.5, rounds: int = 3) -> dict[str
     alpha = np.float32(0.5 if phase.fading else 1.0)
 
     def run(n, state=state):
-      t = time.perf_counter()
-      for _ in range(n):
+      t, in_flight = time.perf_counter(), collections.deque()
+      for _ in range(n):  # As many steps in flight at once as in the loop.
         state, metrics = program(state, batch, alpha)
+        train._bound_in_flight(in_flight, metrics["loss"])
       jax.block_until_ready(state)
       return state, time.perf_counter() - t
 

@@ -216,24 +216,29 @@ class Programs:
   def _train_args(self, phase: Phase):
     stage = Stage(phase.resolution, phase.fading)
     r, c = phase.resolution, self._config.model.image_channels
-    batch = jax.ShapeDtypeStruct((phase.batch_size, r, r, c), jnp.float32,
-                                 sharding=parallel.data_sharding(self._mesh))
-    return ("train", stage, phase.batch_size), self.jitted_train, (self._state(stage), batch)
+
+    def args():
+      batch = jax.ShapeDtypeStruct((phase.batch_size, r, r, c), jnp.float32,
+                                   sharding=parallel.data_sharding(self._mesh))
+      return self._state(stage), batch
+    return ("train", stage, phase.batch_size), self.jitted_train, args
 
   def _eval_args(self, stage: Stage, shape: tuple[int, ...]):
-    state = self._state(stage)
-    params = state["ema"] if "ema" in state else state["params"]
-    images = jax.ShapeDtypeStruct(tuple(shape), jnp.float32,
-                                  sharding=parallel.data_sharding(self._mesh))
-    return ("eval", stage, tuple(shape)), self.jitted_eval, (params, images)
+    def args():
+      state = self._state(stage)
+      images = jax.ShapeDtypeStruct(tuple(shape), jnp.float32,
+                                    sharding=parallel.data_sharding(self._mesh))
+      return state["ema"] if "ema" in state else state["params"], images
+    return ("eval", stage, tuple(shape)), self.jitted_eval, args
 
   def _advance_args(self, stage: Stage):
-    return ("advance", stage), self.jitted_advance, (self._state(stage),)
+    return ("advance", stage), self.jitted_advance, lambda: (self._state(stage),)
 
   def _state(self, stage: Stage) -> State:
     return abstract_state(self._config, stage, self._optimizer, self._mesh)
 
-  def _program(self, key: tuple, jitted, args: tuple) -> concurrent.futures.Future:
+  def _program(self, key: tuple, jitted, args: Callable[[], tuple]
+               ) -> concurrent.futures.Future:
     with self._lock:
       if key not in self._programs:
         if self._pool is None:
@@ -243,11 +248,13 @@ class Programs:
       return self._programs[key]
 
 
-def _compile(jitted, args: tuple) -> Callable:
-  """`jitted` compiled for `args` (abstract; a train or eval step also takes a float32
-  alpha); a stand-in without `lower` (a test's wrapper) is returned as it is."""
+def _compile(jitted, args: Callable[[], tuple]) -> Callable:
+  """`jitted` compiled for the abstract arguments `args()` builds (in the compiling thread; a
+  train or eval step also takes a float32 alpha); a stand-in without `lower` (a test's
+  wrapper) is returned as it is."""
   if not hasattr(jitted, "lower"):
     return jitted
+  args = args()
   if len(args) == 2:
     args = (*args, jax.ShapeDtypeStruct((), jnp.float32))
   return jitted.lower(*args).compile()

@@ -24,6 +24,7 @@ itself, and how it grows, is train_state.py. `train_and_evaluate` is these steps
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -596,6 +597,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   with timed("compile_wait"):
     train_step = run.programs.train_step(phase)
   batches, window, flushing = _phase_batches(run, phase), _Window(), None
+  in_flight = collections.deque()  # The losses of the steps launched and maybe not done.
   step = sum(p.steps for p in run.plan[:phase.index])  # The train state's step count.
   step += (run.images_seen - phase.start) // phase.batch_size
   run.flushed_at = time.perf_counter()
@@ -609,6 +611,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
       batch, step = next(batches), step + 1
       with run.profiler.step(phase.resolution, step - 1, run.state):
         run.state, metrics = train_step(run.state, batch, np.float32(alpha))
+      _bound_in_flight(in_flight, metrics["loss"])
       window.pending.append((step, before, alpha, metrics))
       window.images += phase.batch_size
       run.images_seen += phase.batch_size
@@ -631,6 +634,20 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
   finally:
     batches.close()
   return True
+
+
+# Steps launched ahead of the ones done: enough that the device never waits for the host, few
+# enough that XLA:CPU's collectives across host devices (which can stall when many programs
+# wait in its thread pool at once) and the device's memory are not overrun.
+MAX_STEPS_IN_FLIGHT = 3
+
+
+def _bound_in_flight(in_flight: collections.deque, loss: jax.Array) -> None:
+  """Waits (without reading anything back) until at most MAX_STEPS_IN_FLIGHT steps are
+  launched and not done; on a fast device the host is rarely that far ahead."""
+  in_flight.append(loss)
+  if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+    in_flight.popleft().block_until_ready()
 
 
 def _advance(run: _Run, state: State) -> State:

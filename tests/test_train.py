@@ -307,9 +307,10 @@ def test_programs_compiled_ahead_train_the_same_bits_as_a_plain_jitted_call(run,
 
 def test_the_loop_brings_nothing_to_the_host_between_log_windows(data_dir, tmp_path,
                                                                  monkeypatch):
-  """No array is read back to the host, nor waited for, anywhere in the loop except where a
-  window is written, an evaluation or checkpoint is made, or a phase or the run ends (JAX's
-  transfer guard does not see reads on the CPU, whose arrays are in host memory already)."""
+  """No array is read back to the host anywhere in the loop except where a window is written,
+  an evaluation or checkpoint is made, or a phase or the run ends (JAX's transfer guard does
+  not see reads on the CPU, whose arrays are in host memory already). Waiting for a step
+  launched a few steps before, which reads nothing, is allowed."""
   allowed = threading.local()
   reads = []
 
@@ -327,7 +328,7 @@ def test_the_loop_brings_nothing_to_the_host_between_log_windows(data_dir, tmp_p
   from jax._src import array
   value = array.ArrayImpl._value.fget
   monkeypatch.setattr(array.ArrayImpl, "_value", property(refusing(value)))
-  for name in ("__array__", "item", "block_until_ready"):
+  for name in ("__array__", "item"):
     monkeypatch.setattr(array.ArrayImpl, name, refusing(getattr(array.ArrayImpl, name)))
   for name in ("_log_window", "_evaluate_now", "_save", "_end_phase", "_finish"):
     monkeypatch.setattr(train, name, allowing(getattr(train, name)))
