@@ -52,7 +52,6 @@ widened leaf afresh (moments zero, per-leaf count 0) and keeps the rest.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Any, Literal, Mapping
 
 import jax
@@ -102,7 +101,6 @@ class _Edit:
   role: Literal["in", "out"]
   copies: Copies
   pixels: int
-  unit_set: str  # Names the set of units, for the noise's key.
 
 
 def _unit_sets(r: int) -> dict[str, tuple[list[_Layer], list[_Layer]]]:
@@ -130,39 +128,67 @@ def _edits(changes: Mapping[int, Copies]) -> dict[tuple[str, ...], list[_Edit]]:
   layer's rows is then copied along with its columns)."""
   out: dict[tuple[str, ...], list[_Edit]] = {}
   for r, copies in changes.items():
-    for name, (producers, consumers) in _unit_sets(r).items():
+    for producers, consumers in _unit_sets(r).values():
       for layer in consumers:
-        out.setdefault(layer.path + ("kernel",), []).append(
-            _Edit("in", copies, layer.pixels, f"{name}_{r}"))
+        out.setdefault(layer.path + ("kernel",), []).append(_Edit("in", copies, layer.pixels))
       for layer in producers:
         for leaf in ("kernel", "bias"):
-          out.setdefault(layer.path + (leaf,), []).append(
-              _Edit("out", copies, layer.pixels, f"{name}_{r}"))
+          out.setdefault(layer.path + (leaf,), []).append(_Edit("out", copies, layer.pixels))
   return {path: sorted(e, key=lambda e: e.role != "in") for path, e in out.items()}
+
+
+def _tile(x, copies: Copies, axis: int):
+  """`x` with channel j <- j mod old along `axis`: whole copies, then the first few (slices
+  and concatenation, which compile in no time, unlike a gather)."""
+  whole, rest = divmod(copies.new, copies.old)
+  parts = [x] * whole + ([jax.lax.slice_in_dim(x, 0, rest, axis=axis)] if rest else [])
+  return jnp.concatenate(parts, axis=axis)
 
 
 def _copy_channels(x, edit: _Edit, factor: np.ndarray):
   """`x` with the edit's channel axis copied (j <- g(j)) and multiplied by `factor[j]`.
   "out": the last axis; "in": the kernel's input axis (-2). A flattened axis is viewed as
   (pixels, channels) for the copy."""
-  shape, source, pixels = x.shape, edit.copies.source, edit.pixels
+  shape, pixels = x.shape, edit.pixels
   if edit.role == "out":
     x = x.reshape(*shape[:-1], pixels, shape[-1] // pixels)
-    x = jnp.take(x, source, axis=-1) * factor
+    x = _tile(x, edit.copies, -1) * factor
     return x.reshape(*shape[:-1], -1)
   x = x.reshape(*shape[:-2], pixels, shape[-2] // pixels, shape[-1])
-  x = jnp.take(x, source, axis=-2) * factor[:, None]
+  x = _tile(x, edit.copies, -2) * factor[:, None]
   return x.reshape(*shape[:-2], -1, shape[-1])
 
 
-def _zero_sum_noise(key, shape, edit: _Edit):
-  """Normal noise over the kernel's widened rows, minus its mean over each unit's copies:
-  it sums to zero over every group of copies (and is zero for a unit not copied)."""
-  pixels, copies = edit.pixels, edit.copies
-  z = jax.random.normal(key, (*shape[:-2], pixels, copies.new, shape[-1]))
+def _noise_shape(shape, edits: list[_Edit]) -> tuple[int, ...] | None:
+  """The shape of the noise on a kernel's widened rows (None: no unit of its input copied)."""
+  for edit in edits:
+    if edit.role == "in" and edit.copies.new > edit.copies.old:
+      return (*shape[:-2], edit.pixels, edit.copies.new, shape[-1])
+  return None
+
+
+def _zero_sum(z, edit: _Edit):
+  """`z` (..., pixels, new, out) minus its mean over each unit's copies, flattened back: it
+  sums to zero over every group of copies (and is zero for a unit not copied)."""
+  copies = edit.copies
   onehot = np.eye(copies.old, dtype=np.float32)[copies.source]  # (new, old)
   means = jnp.einsum("...jo,jk->...ko", z, onehot) / onehot.sum(0)[:, None]
-  return (z - jnp.einsum("...ko,jk->...jo", means, onehot)).reshape(*shape[:-2], -1, shape[-1])
+  z = z - jnp.einsum("...ko,jk->...jo", means, onehot)
+  return z.reshape(*z.shape[:-3], -1, z.shape[-1])
+
+
+def _noises(tree, edits: dict, rng) -> dict[tuple[str, ...], jax.Array]:
+  """Standard normal draws for every kernel whose rows get noise, from one draw of `rng`
+  (one random-number kernel to compile, however many layers widen)."""
+  shapes = {}
+  for path, x in _flat(tree):
+    if path in edits and (shape := _noise_shape(x.shape, edits[path])) is not None:
+      shapes[path] = shape
+  sizes = [int(np.prod(s)) for s in shapes.values()]
+  flat = jax.random.normal(rng, (sum(sizes),))
+  offsets = np.cumsum([0] + sizes)
+  return {path: flat[offsets[i]:offsets[i + 1]].reshape(shape)
+          for i, (path, shape) in enumerate(shapes.items())}
 
 
 def _weight_factor(edit: _Edit, equalized: bool) -> np.ndarray:
@@ -184,18 +210,13 @@ def _gradient_factor(edit: _Edit, equalized: bool) -> np.ndarray:
   return np.full(edit.copies.new, 1.0 / scale, np.float32)
 
 
-def _name_hash(name: str) -> int:
-  """A stable number for a name, to fold into a key (Python's hash() varies per process)."""
-  return zlib.crc32(name.encode()) & 0x7FFFFFFF
-
-
-def _widen_leaf(x, edits: list[_Edit], equalized: bool, noise: float, key):
-  spread = jnp.std(x) if noise else 0.0
+def _widen_leaf(x, edits: list[_Edit], equalized: bool, noise: float, z=None):
+  """One parameter widened; `z` (when noise is on and the leaf's rows are copied): its draw."""
+  spread = jnp.std(x)
   for edit in edits:
     x = _copy_channels(x, edit, _weight_factor(edit, equalized))
-    if noise and edit.role == "in" and edit.copies.new > edit.copies.old:
-      unit_key = jax.random.fold_in(key, _name_hash(edit.unit_set))
-      x = x + noise * spread * _zero_sum_noise(unit_key, x.shape, edit)
+    if z is not None and edit.role == "in":
+      x = x + noise * spread * _zero_sum(z, edit)
   return x
 
 
@@ -236,6 +257,10 @@ def _names(path) -> tuple:
   return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
 
 
+def _flat(tree) -> list[tuple[tuple, Any]]:
+  return [(_names(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def _map_leaves(tree, fn):
   """`fn(path as a tuple of names, leaf)` on every leaf of a nested dict."""
   return jax.tree_util.tree_map_with_path(lambda p, x: fn(_names(p), x), tree)
@@ -253,9 +278,9 @@ def widen(config: ModelConfig, params: Params, channels: Mapping[int, int], *,
     raise ValueError(f"noise must be a number >= 0, got {noise!r}")
   new_config, changes = _changes(config, params, channels)
   edits = _edits(changes)
-  keys = lambda path: jax.random.fold_in(rng, _name_hash("/".join(path))) if noise else None
+  z = _noises(params, edits, rng) if noise else {}
   new = _map_leaves(params, lambda path, x: _widen_leaf(x, edits[path], config.equalized_lr,
-                                                          noise, keys(path))
+                                                          noise, z.get(path))
                     if path in edits else x)
   _check_shapes(new_config, new)
   return new_config, new
