@@ -171,9 +171,13 @@ def _zero_sum(z, edit: _Edit):
   """`z` (..., pixels, new, out) minus its mean over each unit's copies, flattened back: it
   sums to zero over every group of copies (and is zero for a unit not copied)."""
   copies = edit.copies
-  onehot = np.eye(copies.old, dtype=np.float32)[copies.source]  # (new, old)
-  means = jnp.einsum("...jo,jk->...ko", z, onehot) / onehot.sum(0)[:, None]
-  z = z - jnp.einsum("...ko,jk->...jo", means, onehot)
+  sums = 0.0
+  for start in range(0, copies.new, copies.old):  # Copy group by copy group: slices only.
+    part = jax.lax.slice_in_dim(z, start, min(start + copies.old, copies.new), axis=-2)
+    pad = [(0, 0)] * (z.ndim - 2) + [(0, copies.old - part.shape[-2]), (0, 0)]
+    sums = sums + jnp.pad(part, pad)
+  counts = np.bincount(copies.source, minlength=copies.old).astype(np.float32)
+  z = z - _tile(sums / counts[:, None], copies, -2)
   return z.reshape(*z.shape[:-3], -1, z.shape[-1])
 
 
@@ -334,12 +338,16 @@ def widen_opt_state(opt_state: Any, optimizer: optax.GradientTransformation, con
   return jax.tree_util.tree_unflatten(treedef, new)
 
 
+_jitted_apply = jax.jit(apply, static_argnums=0)
+
+
 def function_change(config: ModelConfig, old: Params, new: Params, images,
                     alphas=(0.0, 0.5, 1.0)) -> float:
   """The largest absolute difference, over `alphas`, between the two trees' reconstructions
-  and latents of `images` (each tree runs at its own widths)."""
+  and latents of `images` (each tree runs at its own widths; one compile per tree shape)."""
   worst = 0.0
   for alpha in alphas:
-    a, b = apply(config, old, images, alpha), apply(config, new, images, alpha)
+    alpha = jnp.float32(alpha)
+    a, b = _jitted_apply(config, old, images, alpha), _jitted_apply(config, new, images, alpha)
     worst = max(worst, *(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a, b)))
   return worst
