@@ -217,3 +217,27 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
             for name in ("smooth_growth", "smooth_growth_sweep", "device_drift")}
   assert [row.split(" | ")[0][2:] for row in tables["smooth_growth"][2:]] == result["main_table"]
   assert len(tables["smooth_growth_sweep"]) == 2 + 3 and len(tables["device_drift"]) == 2 + 1
+
+
+def test_width_growth(data_dir, tmp_path, monkeypatch, capsys):
+  result, stdout = _run("width_growth", data_dir, tmp_path, monkeypatch, capsys)
+  s, configs = result["summary"], result["configs"]
+  assert set(s) == {"narrow", "wide", "widened", "widened_fresh"}
+  for label, v in s.items():
+    _spread_ok(v["psnr"], 0, 60)
+    assert v["loss_jump_at_widening"]["values"][0] > 0
+    assert f"{label:<14} final PSNR" in stdout
+  # Equal images; the widened runs start narrow and end as wide as the wide run.
+  totals = {_images_in(cfg) for cfg in configs.values()}
+  assert len(totals) == 1
+  assert configs["widened"]["model"] == configs["narrow"]["model"]
+  assert configs["widened"]["widen"] == {"8": configs["wide"]["model"]["channels"]}
+  assert configs["widened_fresh"]["optimizer_on_widening"] == "fresh"
+  # One JSON per run, which --collect alone turns into the same result.
+  out = tmp_path / "out"
+  assert sorted(result["runs"]) == [f"runs/{v}_seed0.json" for v in sorted(s)]
+  monkeypatch.setattr(sys, "argv", ["width_growth.py", "--collect", "--out", str(out)])
+  assert runpy.run_path(os.path.join(EXPERIMENTS, "width_growth.py"))["main"](
+      ["--collect", "--out", str(out)]) == 0
+  with open(out / "result.json") as f:
+    assert json.load(f)["summary"] == s
