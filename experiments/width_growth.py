@@ -25,6 +25,7 @@ as 8x8's stable phase begins), small enough for a CPU: the optimizer-state quest
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import glob
 import json
 import os
@@ -93,9 +94,23 @@ def run_one(label: str, cfg: TrainConfig, seed: int, args) -> dict:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump({"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-               "machine": c.machine(), "quick": args.quick, "setting": setting(args),
+               "machine": c.machine(), "date": _now(), "quick": args.quick,
+               "setting": setting(args),
                **measured}, f, indent=1)
   return measured
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+  import flax
+  import jax
+  import optax
+  from progae_jax import __version__
+  return {"progae_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__}
 
 
 def psnr_at_seconds(evals: list[dict], seconds: float) -> float:
@@ -148,24 +163,15 @@ def plot(per_run: list[dict], summary: dict, widen_at: int):
   return fig
 
 
-def markdown_table(result: dict) -> str:
-  """The docs' table of a result.json (docs/results.md, "Growing width")."""
-  rows = ["| variant | final PSNR (dB) | final SSIM | training seconds | the wide run's PSNR "
-          "at those seconds (dB) | loss jump where widened (nothing happening) |",
-          "|---|---|---|---|---|---|"]
-  for v in VARIANTS:
-    s = result["summary"][v]
-    wide_at = c.fmt(s["wide_psnr_at_its_seconds"]) if "wide_psnr_at_its_seconds" in s else "-"
-    rows.append(f"| {v} | {c.fmt(s['psnr'])} | {c.fmt(s['ssim'], 3)} | "
-                f"{c.fmt(s['train_seconds'], 0)} | {wide_at} | "
-                f"{c.fmt(s['loss_jump_at_widening'])} ({c.fmt(s['noise_floor'])}) |")
-  return "\n".join(rows)
-
-
 def collect(args) -> int:
   """result.json and the plot from every `<out>/runs/*.json`."""
   paths = sorted(glob.glob(os.path.join(args.out, "runs", "*.json")))
-  per_run = [json.load(open(p)) for p in paths]
+  per_run = []
+  for path in paths:
+    with open(path) as f:
+      per_run.append({"date": datetime.datetime.fromtimestamp(  # Runs that did not say.
+          os.path.getmtime(path), datetime.timezone.utc).isoformat(timespec="seconds"),
+                      **json.load(f)})
   missing = [v for v in VARIANTS if not any(m["variant"] == v for m in per_run)]
   if missing:
     print(f"--collect: no runs of {missing} in {os.path.join(args.out, 'runs')}",
@@ -181,13 +187,14 @@ def collect(args) -> int:
     print(f"{v:<14} final PSNR {c.fmt(s['psnr'])} dB in {c.fmt(s['train_seconds'], 0)} s"
           f"{vs}{jump}; with nothing happening {c.fmt(s['noise_floor'])}")
   seeds = len({m["seed"] for m in per_run})
-  result = {"quick": quick, "setting": which, "seeds": seeds, "summary": summary,
+  dates = sorted(m["date"] for m in per_run)
+  result = {"versions": versions(), "date": {"first_run": dates[0], "last_run": dates[-1]},
+            "quick": quick, "setting": which, "seeds": seeds, "summary": summary,
             "per_seed": [{k: v for k, v in m.items() if k not in ("config", "train_loss")}
                          for m in per_run],
             "runs": [os.path.relpath(p, args.out) for p in paths],
             "configs": {m["variant"]: m["config"] for m in per_run if m["seed"] == 0}}
   c.write(args.out, NAME, result, plot(per_run, summary, WIDEN_AT[which]))
-  print(markdown_table(result))
   return 0
 
 

@@ -9,15 +9,15 @@ Every change of stage goes one step along the same road,
 
     init_state (4x4 stable) -> advance_state -> 8x8 fade -> advance_state -> 8x8 stable -> ...
 
-A widening (`TrainConfig.widen`, widen.py) is part of the step into a stable phase: the step
-that finishes R's fade also widens, when the config widens at R. So a checkpoint's target,
-rebuilt along the same road, has the widened shapes, and a resumed run widens as the
-uninterrupted one did (from the same key).
-
 and `grow_to` walks it to a given stage: `move_to_phase` does so on the devices before each
 phase, `abstract_state` under `jax.eval_shape` to describe a checkpoint's target without
 computing anything. Growth to a resolution always draws from the same key, so a resumed run
 grows exactly as the uninterrupted one did.
+
+A widening (`TrainConfig.widen`, widen.py) is part of the step into a stable phase: the step
+that finishes R's fade also widens, when the config widens at R. So a checkpoint's target,
+rebuilt along the same road, has the widened shapes, and a resumed run widens as the
+uninterrupted one did (from the same key).
 """
 
 from __future__ import annotations

@@ -233,6 +233,9 @@ def test_width_growth(data_dir, tmp_path, monkeypatch, capsys):
   assert configs["widened"]["model"] == configs["narrow"]["model"]
   assert configs["widened"]["widen"] == {"8": configs["wide"]["model"]["channels"]}
   assert configs["widened_fresh"]["optimizer_on_widening"] == "fresh"
+  # The widened runs did widen (same model and seed as narrow: a run that reused narrow's
+  # growth programs would end identical to it).
+  assert s["widened"]["psnr"]["values"] != s["narrow"]["psnr"]["values"]
   # One JSON per run, which --collect alone turns into the same result.
   out = tmp_path / "out"
   assert sorted(result["runs"]) == [f"runs/{v}_seed0.json" for v in sorted(s)]
