@@ -141,14 +141,15 @@ def summarise(per_run: list[dict]) -> dict:
 
 def plot(per_run: list[dict], summary: dict, widen_at: int):
   from progae_jax import plots
-  fig, (ax, bx) = plots.plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1))
+  fig, (ax, tx, bx) = plots.plt.subplots(1, 3, figsize=(15, 4), width_ratios=(3, 3, 2))
   for k, v in enumerate(VARIANTS):
     for m in (m for m in per_run if m["variant"] == v):
-      ax.plot([e["train_seconds"] for e in m["evals"]], [e["psnr_full"] for e in m["evals"]],
-              color=f"C{k}", lw=1, marker=".", label=v if m["seed"] == 0 else None)
-  ax.set(xlabel="training seconds (evaluation left out)",
-         ylabel="held-out PSNR at full size (dB)",
-         title=f"widened: as {widen_at}x{widen_at}'s stable phase begins")
+      for axis, x in ((ax, "images_seen"), (tx, "train_seconds")):
+        axis.plot([e[x] for e in m["evals"]], [e["psnr_full"] for e in m["evals"]],
+                  color=f"C{k}", lw=1, marker=".", label=v if m["seed"] == 0 else None)
+  ax.set(xlabel=f"images seen (widened as {widen_at}x{widen_at}'s stable phase begins)",
+         ylabel="held-out PSNR at full size (dB)")
+  tx.set(xlabel="training seconds (compiles included, evaluation left out)")
   ax.legend()
   psnr = [summary[v]["psnr"] for v in VARIANTS]
   bx.bar(VARIANTS, [s["mean"] for s in psnr], yerr=[s["std"] for s in psnr],
@@ -188,7 +189,12 @@ def collect(args) -> int:
           f"{vs}{jump}; with nothing happening {c.fmt(s['noise_floor'])}")
   seeds = len({m["seed"] for m in per_run})
   dates = sorted(m["date"] for m in per_run)
-  result = {"versions": versions(), "date": {"first_run": dates[0], "last_run": dates[-1]},
+  here = " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  machines = [json.loads(t) for t in sorted({json.dumps(m["machine"], sort_keys=True)
+                                             for m in per_run})]
+  result = {"command": sorted({m["command"] for m in per_run} - {here}) + [here],
+            "machine": machines[0] if len(machines) == 1 else machines,
+            "versions": versions(), "date": {"first_run": dates[0], "last_run": dates[-1]},
             "quick": quick, "setting": which, "seeds": seeds, "summary": summary,
             "per_seed": [{k: v for k, v in m.items() if k not in ("config", "train_loss")}
                          for m in per_run],

@@ -77,6 +77,14 @@ def test_noise_breaks_the_copies_symmetry_and_the_model_has_no_normalisation():
   # ... yet the copies' shares still add up to the original's weights.
   np.testing.assert_allclose(rows(noisy)[:, :, :4] + rows(noisy)[:, :, 4:], rows(old),
                              atol=1e-6)
+  # The encoder and the decoder alone run a widened tree at its widths too.
+  from progae_jax.model import decode, encode
+  x = _images(8)
+  recon, latent = widen_lib._jitted_apply(config, old, x, jnp.float32(1))
+  np.testing.assert_allclose(jax.jit(encode, static_argnums=0)(config, noisy, x), latent,
+                             atol=1e-5)
+  np.testing.assert_allclose(jax.jit(decode, static_argnums=0)(config, noisy, latent), recon,
+                             atol=1e-5)
   # A layer widen does not know (a normalisation's scale over channels) is refused.
   odd = jax.tree.map(lambda x: x, old)
   odd["encoder"]["block_8"]["norm"] = {"scale": jnp.ones(4)}
@@ -162,6 +170,10 @@ def test_the_schedule_checks_and_places_its_widenings(data_dir):
   assert TrainConfig.from_dict(cfg.to_dict()).widen == cfg.widen
   assert model_at(cfg, 8, fading=True).channels == ((4, 8), (8, 8))
   assert model_at(cfg, 8, fading=False).channels == ((4, 12), (8, 10))
+  # A checkpoint of this run does not resume a run that widens otherwise.
+  from progae_jax.checkpoint import config_differences
+  other = tiny_config(data_dir, widen={"8": {"4": 16}})
+  assert [d.split(":")[0] for d in config_differences(cfg.to_dict(), other.to_dict())] == ["widen"]
   for widen_, message in (({"4": {"4": 12}}, "not a stage after the first"),
                           ({"8": {"4": 6}}, "widens resolution 4 at 8 to 6 channels; it has 8"),
                           ({"8": {"16": 6}}, "widens resolution 16 at 8, but")):
