@@ -192,7 +192,8 @@ def collect(args) -> int:
   here = " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   machines = [json.loads(t) for t in sorted({json.dumps(m["machine"], sort_keys=True)
                                              for m in per_run})]
-  result = {"command": sorted({m["command"] for m in per_run} - {here}) + [here],
+  commands = sorted({m["command"] for m in per_run} - {here}) + [here]
+  result = {"command": commands[0] if len(commands) == 1 else commands,
             "machine": machines[0] if len(machines) == 1 else machines,
             "versions": versions(), "date": {"first_run": dates[0], "last_run": dates[-1]},
             "quick": quick, "setting": which, "seeds": seeds, "summary": summary,

@@ -165,8 +165,9 @@ class TrainConfig:
       for r, c in channels.items():
         check_field(self, "widen", r in model,
                     f"widens resolution {r} at {at}, but the model's resolutions are {model}")
-        check_field(self, "widen", is_int(c, have[r]), f"widens resolution {r} at {at} to {c!r} channels; "
-                    f"it has {have[r]} by then, and widening needs an integer at least that")
+        check_field(self, "widen", is_int(c, have[r]),
+                    f"widens resolution {r} at {at} to {c!r} channels; it has {have[r]} by "
+                    "then, and widening needs an integer at least that")
     last = self.model.max_resolution
     check_field(self, "widen", last not in self.widen or self.stage(last).stable_images > 0,
                 f"widens at {last}, whose stable phase trains on no images")

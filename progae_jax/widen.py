@@ -236,8 +236,8 @@ def _changes(config: ModelConfig, params: Params,
     if not is_int(c, 1) or c < old:
       raise ValueError(f"cannot widen resolution {r} to {c!r} channels: it has {old}, and "
                        "widening needs an integer at least that")
-  new_config = dataclasses.replace(
-      config, channels={**dict(config.channels), **have, **{r: int(c) for r, c in channels.items()}})
+  wanted = {r: int(c) for r, c in channels.items()}
+  new_config = dataclasses.replace(config, channels={**dict(config.channels), **have, **wanted})
   return new_config, {r: Copies(have[r], int(c)) for r, c in channels.items()
                       if r in have and c > have[r]}
 
