@@ -25,9 +25,6 @@ as 8x8's stable phase begins), small enough for a CPU: the optimizer-state quest
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import glob
-import json
 import os
 import sys
 
@@ -81,36 +78,22 @@ def measure(run: c.Run, widen_at: int) -> dict:
           "wall_seconds": run.wall_seconds, "loss_jump_at_widening": jump,
           "noise_floor": c.noise_floor(run.train),
           "evals": [{k: e[k] for k in ("images_seen", "train_seconds", "psnr_full", "ssim_full",
-                                       "resolution", "phase")} for e in run.evals],
-          "train_loss": [[t["images_seen"], t["loss"]] for t in run.train[::5]],
-          "config": run.config.to_dict()}
+                                       "resolution", "phase")} for e in run.evals]}
 
 
-def run_one(label: str, cfg: TrainConfig, seed: int, args) -> dict:
-  cfg = dataclasses.replace(cfg, seed=seed)
-  workdir = os.path.join(args.workdir, label, f"seed{seed}")
-  measured = measure(c.run(cfg, workdir, label, args.reuse), WIDEN_AT[setting(args)])
-  path = os.path.join(args.out, "runs", f"{label}_seed{seed}.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-               "machine": c.machine(), "date": _now(), "quick": args.quick,
-               "setting": setting(args),
-               **measured}, f, indent=1)
-  return measured
+def jobs(quick: bool, seeds: int | None = None) -> list[dict]:
+  """Every run as its own process (run_parallel.py), seed-major."""
+  return [{"args": ["--variant", v, "--seed", str(seed)], "pool": "device", "seed": seed}
+          for seed in range(seeds or (1 if quick else 3)) for v in VARIANTS]
 
 
-def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict:
-  import flax
-  import jax
-  import optax
-  from progae_jax import __version__
-  return {"progae_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__}
+def _one_job(args) -> int:
+  which = setting(args)
+  cfg = dataclasses.replace(variants(which, args.data_dir)[args.variant], seed=args.seed,
+                            deterministic=args.deterministic)
+  run = c.run(cfg, os.path.join(args.workdir, args.variant, f"seed{args.seed}"), args.variant)
+  c.write_run(args.out, NAME, run, quick=args.quick, setting=which)
+  return 0
 
 
 def psnr_at_seconds(evals: list[dict], seconds: float) -> float:
@@ -164,75 +147,61 @@ def plot(per_run: list[dict], summary: dict, widen_at: int):
   return fig
 
 
-def collect(args) -> int:
-  """result.json and the plot from every `<out>/runs/*.json`."""
-  paths = sorted(glob.glob(os.path.join(args.out, "runs", "*.json")))
-  per_run = []
-  for path in paths:
-    with open(path) as f:
-      per_run.append({"date": datetime.datetime.fromtimestamp(  # Runs that did not say.
-          os.path.getmtime(path), datetime.timezone.utc).isoformat(timespec="seconds"),
-                      **json.load(f)})
-  missing = [v for v in VARIANTS if not any(m["variant"] == v for m in per_run)]
-  if missing:
-    print(f"--collect: no runs of {missing} in {os.path.join(args.out, 'runs')}",
-          file=sys.stderr)
-    return 2
-  quick, which = per_run[0]["quick"], per_run[0]["setting"]
+def collect(runs_dir: str, out: str) -> dict:
+  """result.json and the plot from every run under `runs_dir`."""
+  runs, records = c.read_runs(runs_dir, NAME)
+  absent = [v for v in VARIANTS if v not in runs]
+  if absent:
+    raise SystemExit(f"--collect {runs_dir}: no runs of {absent} under "
+                     f"{os.path.join(runs_dir, NAME)}")
+  quick, which = records[0]["quick"], records[0]["setting"]
+  per_run = [measure(r, WIDEN_AT[which]) for v in VARIANTS for r in runs[v]]
   summary = summarise(per_run)
   for v in VARIANTS:
     s = summary[v]
-    jump = f"; loss jump at the widening {c.fmt(s['loss_jump_at_widening'])}"
     vs = (f"; wide at the same seconds {c.fmt(s['wide_psnr_at_its_seconds'])} dB"
           if "wide_psnr_at_its_seconds" in s else "")
-    print(f"{v:<14} final PSNR {c.fmt(s['psnr'])} dB in {c.fmt(s['train_seconds'], 0)} s"
-          f"{vs}{jump}; with nothing happening {c.fmt(s['noise_floor'])}")
-  seeds = len({m["seed"] for m in per_run})
-  dates = sorted(m["date"] for m in per_run)
-  here = " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-  machines = [json.loads(t) for t in sorted({json.dumps(m["machine"], sort_keys=True)
-                                             for m in per_run})]
-  commands = sorted({m["command"] for m in per_run} - {here}) + [here]
-  result = {"command": commands[0] if len(commands) == 1 else commands,
-            "machine": machines[0] if len(machines) == 1 else machines,
-            "versions": versions(), "date": {"first_run": dates[0], "last_run": dates[-1]},
-            "quick": quick, "setting": which, "seeds": seeds, "summary": summary,
-            "per_seed": [{k: v for k, v in m.items() if k not in ("config", "train_loss")}
-                         for m in per_run],
-            "runs": [os.path.relpath(p, args.out) for p in paths],
-            "configs": {m["variant"]: m["config"] for m in per_run if m["seed"] == 0}}
-  c.write(args.out, NAME, result, plot(per_run, summary, WIDEN_AT[which]))
-  return 0
+    print(f"{v:<14} final PSNR {c.fmt(s['psnr'])} dB in {c.fmt(s['train_seconds'], 0)} s{vs}; "
+          f"loss jump at the widening {c.fmt(s['loss_jump_at_widening'])}; with nothing "
+          f"happening {c.fmt(s['noise_floor'])}")
+  seeds = max(len(r) for r in runs.values())
+  result = {**c.provenance(runs_dir, records), "quick": quick, "setting": which,
+            "seeds": seeds, "missing": c.missing_runs(jobs(quick, seeds), runs),
+            "summary": summary, "per_seed": per_run,
+            "configs": {v: runs[v][0].config.to_dict() for v in VARIANTS}}
+  c.write_collected(out, NAME, result, plot(per_run, summary, WIDEN_AT[which]))
+  return result
 
 
 def main(argv=None) -> int:
-  p = c.parser(__doc__, NAME)
+  p = c.parser(__doc__, NAME, reuse=False)
+  c.add_job_flags(p, VARIANTS)
   p.add_argument("--short", action="store_true",
                  help="digits 4x4 -> 8x8, minutes on a CPU (results in width_growth_short/)")
-  p.add_argument("--variant", choices=VARIANTS, help="train only this variant (with --seed)")
-  p.add_argument("--seed", type=int, help="train only this seed (with --variant)")
-  p.add_argument("--collect", action="store_true",
-                 help="only write result.json and the plot from the runs' JSON files")
-  args = p.parse_args(argv)
-  if (args.variant is None) != (args.seed is None):
-    p.error("--variant and --seed go together")
+  args = c.parse_job_args(p, argv, NAME)
+  c.set_command(__file__, argv)
   if args.short and args.quick:
     p.error("--short and --quick are two settings: choose one")
-  if args.short and args.out == p.get_default("out"):
-    args.out = os.path.join("experiments", "results", f"{NAME}_short")
+  if args.short and args.out == os.path.join("experiments", "results", NAME):
+    args.out += "_short"
   if args.short and args.workdir == p.get_default("workdir"):
-    args.workdir = os.path.join("runs", "experiments", f"{NAME}_short")
+    args.workdir += "_short"
+  c.set_up_job(args)
   if args.collect:
-    return collect(args)
-  c.set_up_cpu()
-  configs = variants(setting(args), args.data_dir)
-  if args.variant is not None:
-    run_one(args.variant, configs[args.variant], args.seed, args)
-    return 0
-  for seed in range(args.seeds):  # Seed-major, as c.over_seeds.
-    for label, cfg in configs.items():
-      run_one(label, cfg, seed, args)
-  return collect(args)
+    collect(args.collect, args.out)
+  elif args.variant:
+    return _one_job(args)
+  else:  # Every run here, one after another, then collect.
+    runs_dir = os.path.join(args.workdir, "runs")
+    for job in jobs(args.quick, args.seeds):
+      _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
+                                    *(["--quick"] if args.quick else []),
+                                    *(["--short"] if args.short else []),
+                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
+                                    *(["--deterministic"] if args.deterministic else [])],
+                                NAME))
+    collect(runs_dir, args.out)
+  return 0
 
 
 if __name__ == "__main__":
