@@ -58,6 +58,8 @@ def test_the_function_is_kept_for_every_kind_of_block(equalized_lr):
   # At alpha 0, 0.5 and 1 (so the stable tree's function too), latent and reconstruction.
   change = function_change(config, old, new, _images(16))
   assert change <= 1e-5, change
+  if not equalized_lr:
+    return  # The stable tree is checked once, equalized (the same layers either way).
   # The stable 16x16 tree (no old adapters left to read the copies).
   stable = pj.finish_fade(old)
   widened = _widen(config, stable, {4: 5, 8: 6, 16: 4}, noise=0.3)[1]
