@@ -266,7 +266,8 @@ def _growth_fields(config: TrainConfig) -> tuple:
 
 def programs_for(config: TrainConfig, optimizer, mesh) -> Programs:
   """The run's programs, made once per process for each model, kind of optimizer (its learning
-  rate is in the state, not in the step), EMA, dtype and mesh.
+  rate is in the state, not in the step), EMA, dtype, mesh and way of growing (the policy at
+  growth, the widenings).
 
   A second run that shares these (the next seed or variant of an experiment, a notebook cell
   run again) reuses the first run's executables rather than compiling every stage again. The
