@@ -202,6 +202,23 @@ def optimizer_at_growth(result: dict) -> list[str]:
                          "at the end of the fade, 8x8 / 16x16"], rows)
 
 
+def _width_growth(result: dict) -> list[str]:
+  rows = []
+  for variant, s in result["summary"].items():
+    wide_at = s.get("wide_psnr_at_its_seconds")
+    rows.append([variant, fmt(s["psnr"]), fmt(s["ssim"], 3), fmt(s["train_seconds"], 0),
+                 fmt(wide_at) if wide_at else "-", fmt_ratio(s["loss_jump_at_widening"]),
+                 fmt_ratio(s["noise_floor"])])
+  return markdown_table(["variant", "final PSNR (dB)", "final SSIM", "training seconds",
+                         "wide's PSNR at those seconds (dB)",
+                         "loss jump where widened", "with nothing happening"], rows)
+
+
+@table("width_growth_short", "experiments/results/width_growth_short/result.json")
+def width_growth_short(result: dict) -> list[str]:
+  return _width_growth(result)
+
+
 @table("fade_length", "experiments/results/fade_length/result.json")
 def fade_length(result: dict) -> list[str]:
   rows = []

@@ -46,7 +46,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("smooth_growth", "progressive_vs_direct")
+SCRIPTS = ("smooth_growth", "progressive_vs_direct")  # The default --scripts.
+KNOWN = SCRIPTS + ("width_growth",)  # Every script that runs as jobs (`jobs()`, --collect).
 
 
 @dataclasses.dataclass
@@ -78,7 +79,7 @@ def plan(scripts, quick: bool, seeds: int | None = None) -> list[Job]:
   for script in scripts:
     for order, j in enumerate(importlib.import_module(script).jobs(quick, seeds)):
       label = "-".join(a.lstrip("-") for a in j["args"])
-      jobs.append((j["seed"], j["pool"] != "device", SCRIPTS.index(script) * -1, order,
+      jobs.append((j["seed"], j["pool"] != "device", KNOWN.index(script) * -1, order,
                    Job(f"{script}.{label}", script, j["args"], j["pool"], j["seed"])))
   return [j for *_, j in sorted(jobs, key=lambda t: t[:4])]
 
@@ -193,7 +194,7 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--runs", help="where the runs' JSON and logs go (default OUT/runs)")
   p.add_argument("--quick", action="store_true", help="tiny digits runs (a smoke test)")
   p.add_argument("--scripts", default=",".join(SCRIPTS), help="comma-separated, of "
-                 f"{', '.join(SCRIPTS)} (default both)")
+                 f"{', '.join(KNOWN)} (default {', '.join(SCRIPTS)})")
   p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 3; 1 "
                  "with --quick)")
   p.add_argument("--parallel", type=int, default=8, help="device jobs at a time (default 8)")
@@ -212,8 +213,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--dry-run", action="store_true", help="print the jobs, run nothing")
   args = p.parse_args(argv)
   args.scripts = args.scripts.split(",")
-  if unknown := sorted(set(args.scripts) - set(SCRIPTS)):
-    p.error(f"--scripts: unknown {unknown}; known: {', '.join(SCRIPTS)}")
+  if unknown := sorted(set(args.scripts) - set(KNOWN)):
+    p.error(f"--scripts: unknown {unknown}; known: {', '.join(KNOWN)}")
   if args.parallel < 1 or args.cpu_parallel < 1:
     p.error("--parallel and --cpu-parallel: at least 1")
   args.runs = args.runs or os.path.join(args.out, "runs")

@@ -608,6 +608,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
       a, b = {r: a[r] for r in sorted(common, key=int)}, {r: b[r] for r in sorted(common, key=int)}
     if a != b:
       out.append(f"model.{field}: checkpoint {a!r}, this run {b!r}")
+  if saved.get("widen", {}) != current.get("widen", {}):  # The widths of later stages.
+    out.append(f"widen: checkpoint {saved.get('widen', {})!r}, this run {current.get('widen')!r}")
   if saved.get("dataset") != current.get("dataset"):
     out.append(f"dataset: checkpoint {saved.get('dataset')!r}, this run {current.get('dataset')!r}")
   # The optimizer state's shape: one step count or one per leaf; clipping or not.

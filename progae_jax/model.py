@@ -298,6 +298,22 @@ def stage_of(params: Params) -> Stage:
   return Stage(top, fading=len(enc) == 2)
 
 
+def widths_of(params: Params) -> dict[int, int]:
+  """The channel count of every resolution in the tree, read off its encoder blocks (the
+  first convolution of `block_r` maps r's channels to r's channels)."""
+  encoder = params["encoder"]
+  return {r: int(encoder[block_name(r)]["conv1"]["kernel"].shape[-1])
+          for r in resolutions_up_to(stage_of(params).resolution)}
+
+
+def with_widths_of(config: ModelConfig, params: Params) -> ModelConfig:
+  """`config` with the channel counts the tree has (the config's own where it has none yet)."""
+  widths = widths_of(params)
+  if all(config.channels_at(r) == c for r, c in widths.items()):
+    return config
+  return dataclasses.replace(config, channels={**dict(config.channels), **widths})
+
+
 def check_images(config: ModelConfig, stage: Stage, images) -> None:
   """Images must be NHWC at the tree's resolution with the config's channel count."""
   r, c = stage.resolution, config.image_channels
@@ -320,15 +336,17 @@ def apply(config: ModelConfig, params: Params, images, alpha=1.0, *,
           dtype: Any = jnp.float32):
   """Runs the autoencoder: `(reconstruction, latent)` for NHWC `images`.
 
-  The stage is read from `params`. `alpha` blends the fading path in (ignored by a stable
-  tree); it is used as a traced value, so changing it never recompiles a jitted caller.
-  `dtype` is the compute dtype (e.g. bfloat16); parameters stay as they are stored and the
-  outputs come back as float32.
+  The stage is read from `params`, and so are the channel counts (a widened tree runs at its
+  own widths: widen.py); the rest of the architecture is `config`'s. `alpha` blends the
+  fading path in (ignored by a stable tree); it is used as a traced value, so changing it
+  never recompiles a jitted caller. `dtype` is the compute dtype (e.g. bfloat16); parameters
+  stay as they are stored and the outputs come back as float32.
   """
   stage = stage_of(params)
   check_images(config, stage, images)
   check_alpha(alpha)
-  model = build(config, stage.resolution, fading=stage.fading, dtype=dtype)
+  model = build(with_widths_of(config, params), stage.resolution, fading=stage.fading,
+                dtype=dtype)
   alpha = jnp.asarray(alpha, jnp.float32)
   if dtype != jnp.float32:
     images, alpha = images.astype(dtype), alpha.astype(dtype)
@@ -343,11 +361,13 @@ def _cast(dtype, *arrays):
 def encode(config: ModelConfig, params: Params, images, alpha=1.0, *,
            dtype: Any = jnp.float32):
   """The encoder alone: the float32 latents `(batch, latent_dim)` of NHWC `images`, the same
-  numbers as `apply(...)[1]` (a fading tree blends its two entries with `alpha`)."""
+  numbers as `apply(...)[1]` (a fading tree blends its two entries with `alpha`; widths are
+  the tree's, as for `apply`)."""
   stage = stage_of(params)
   check_images(config, stage, images)
   check_alpha(alpha)
-  model = build(config, stage.resolution, fading=stage.fading, dtype=dtype)
+  model = build(with_widths_of(config, params), stage.resolution, fading=stage.fading,
+                dtype=dtype)
   images, alpha = _cast(dtype, images, alpha)
   latent = model.apply({"params": params}, images, alpha, method=lambda m, x, a: m.encoder(x, a))
   return latent.astype(jnp.float32)
@@ -362,7 +382,8 @@ def decode(config: ModelConfig, params: Params, latents, alpha=1.0, *,
   if len(shape) != 2 or shape[1] != config.latent_dim:
     raise ValueError(f"latents must have shape (batch, {config.latent_dim}); got {shape}")
   check_alpha(alpha)
-  model = build(config, stage.resolution, fading=stage.fading, dtype=dtype)
+  model = build(with_widths_of(config, params), stage.resolution, fading=stage.fading,
+                dtype=dtype)
   latents, alpha = _cast(dtype, latents, alpha)
   out = model.apply({"params": params}, latents, method=lambda m, z: m.decoder(z))
   if stage.fading:

@@ -16,13 +16,15 @@ import math
 from typing import Any, Literal, Mapping
 
 from progae_jax.config import (MIN_RESOLUTION, ModelConfig, check_field, check_ints,
-                               check_keys, is_number, resolution_key)
+                               check_keys, is_int, is_number, resolution_key)
 
 
 # What `optimizer_on_growth` may be (see TrainConfig).
 OPTIMIZER_POLICIES = ("carry", "reset", "reset_twice")
 # What `bias_correction` may be (see TrainConfig and optim.py).
 BIAS_CORRECTIONS = ("per_leaf", "shared")
+# What `optimizer_on_widening` may be (see TrainConfig and widen.py).
+WIDENING_POLICIES = ("split", "fresh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,17 @@ class TrainConfig:
   # Adam's bias correction: 'per_leaf' (each weight counts its own steps, so the leaves that
   # growth adds start as Adam starts; optim.py) or 'shared' (optax's one count for all).
   bias_correction: Literal["per_leaf", "shared"] = "per_leaf"
+  # Widenings (widen.py): {R: {r: channels}} widens resolution r to `channels` when R's stable
+  # phase begins (after R's fade), keeping the function; a resolution not grown yet is grown
+  # at its new width. E.g. {16: {4: 256, 8: 256, 16: 128}}. R cannot be the first stage.
+  widen: Mapping[int, Mapping[int, int]] = dataclasses.field(default_factory=dict)
+  # The symmetry-breaking noise of a widening, relative to each layer's weight spread. It
+  # sums to zero over each unit's copies, so the function is kept whatever its size; without
+  # it the copies of a unit would get the same gradients forever.
+  widen_noise: float = 0.1
+  # Adam's state at a widening: 'split' (moments copied and scaled like the gradients, counts
+  # kept) or 'fresh' (the widened leaves start afresh).
+  optimizer_on_widening: Literal["split", "fresh"] = "split"
   # Adam's second-moment decay (its memory is about 1 / (1 - adam_b2) steps).
   adam_b2: float = 0.999
   # Clip the gradient's global norm to this before Adam (None: no clipping).
@@ -111,6 +124,7 @@ class TrainConfig:
                        f"the model {self.model.resolutions}")
     object.__setattr__(self, "stages", stages)
     object.__setattr__(self, "dataset_options", dict(self.dataset_options))
+    self._check_widenings()
     check_field(self, "optimizer_on_growth", self.optimizer_on_growth in OPTIMIZER_POLICIES,
                 f"must be one of {', '.join(OPTIMIZER_POLICIES)}")
     check_field(self, "bias_correction", self.bias_correction in BIAS_CORRECTIONS,
@@ -135,6 +149,34 @@ class TrainConfig:
                       "checkpoint_every_images", "keep_checkpoints"), 1)
     check_ints(self, ("seed", "anneal_images"), 0)
 
+  def _check_widenings(self) -> None:
+    """`widen` as {int: {int: int}}: each at a stage's stable phase after the first, each
+    resolution widened to at least the channels it has by then."""
+    check_keys(self.widen, None, "widen")
+    widen = {resolution_key(at, "widen"): {resolution_key(r, f"widen.{at}"): c
+                                           for r, c in check_keys(w, None, f"widen.{at}").items()}
+             for at, w in self.widen.items()}
+    object.__setattr__(self, "widen", dict(sorted(widen.items())))
+    model = self.model.resolutions
+    for at, channels in self.widen.items():
+      check_field(self, "widen", at in model and at > MIN_RESOLUTION,
+                  f"widens at {at}, which is not a stage after the first of {model}")
+      have = dict(model_at(self, at, fading=True).channels)
+      for r, c in channels.items():
+        check_field(self, "widen", r in model,
+                    f"widens resolution {r} at {at}, but the model's resolutions are {model}")
+        check_field(self, "widen", is_int(c, have[r]),
+                    f"widens resolution {r} at {at} to {c!r} channels; it has {have[r]} by "
+                    "then, and widening needs an integer at least that")
+    last = self.model.max_resolution
+    check_field(self, "widen", last not in self.widen or self.stage(last).stable_images > 0,
+                f"widens at {last}, whose stable phase trains on no images")
+    check_field(self, "widen_noise", is_number(self.widen_noise) and self.widen_noise >= 0,
+                "must be a number >= 0")
+    check_field(self, "optimizer_on_widening",
+                self.optimizer_on_widening in WIDENING_POLICIES,
+                f"must be one of {', '.join(WIDENING_POLICIES)}")
+
   def stage(self, resolution: int) -> StageSchedule:
     return self.stages.get(resolution, self.default_stage)
 
@@ -143,6 +185,7 @@ class TrainConfig:
     d["model"] = self.model.to_dict()
     d["stages"] = {str(r): dataclasses.asdict(s) for r, s in self.stages.items()}
     d["default_stage"] = dataclasses.asdict(self.default_stage)
+    d["widen"] = {str(at): {str(r): c for r, c in w.items()} for at, w in self.widen.items()}
     return d
 
   @classmethod
@@ -161,6 +204,18 @@ class TrainConfig:
       from progae_jax.data import DATASET_OPTIONS  # tfds is imported only when options are
       check_keys(d["dataset_options"], DATASET_OPTIONS, "dataset_options")
     return cls(**d)
+
+
+def model_at(config: TrainConfig, resolution: int, fading: bool) -> ModelConfig:
+  """The model in force at a stage: `config.model` widened by every widening at or before it
+  (a widening at R happens as R's stable phase begins)."""
+  channels = dict(config.model.channels)
+  for at, widths in config.widen.items():
+    if at < resolution or (at == resolution and not fading):
+      channels.update(widths)
+  if channels == dict(config.model.channels):
+    return config.model
+  return dataclasses.replace(config.model, channels=channels)
 
 
 def _stage_from_dict(d: Any, where: str) -> StageSchedule:

@@ -264,16 +264,25 @@ def _compile(jitted, args: Callable[[], tuple]) -> Callable:
 _PROGRAMS: dict[tuple, Programs] = {}
 
 
+def _growth_fields(config: TrainConfig) -> tuple:
+  """What the growth and widening programs are traced from besides the model: two runs that
+  differ here grow into different states."""
+  widen = tuple((at, tuple(sorted(w.items()))) for at, w in config.widen.items())
+  return (config.optimizer_on_growth, widen, config.widen_noise, config.optimizer_on_widening)
+
+
 def programs_for(config: TrainConfig, optimizer, mesh) -> Programs:
   """The run's programs, made once per process for each model, kind of optimizer (its learning
-  rate is in the state, not in the step), EMA, dtype and mesh.
+  rate is in the state, not in the step), EMA, dtype, mesh and way of growing (the policy at
+  growth, the widenings).
 
   A second run that shares these (the next seed or variant of an experiment, a notebook cell
   run again) reuses the first run's executables rather than compiling every stage again. The
   builders are part of the key, so a test that wraps one gets its own programs.
   """
   key = (make_train_step, make_eval_step, config.model, config.ema_decay,
-         config.compute_dtype, tuple(sorted(optimizer_fields(config).items())), mesh)
+         config.compute_dtype, tuple(sorted(optimizer_fields(config).items())), mesh,
+         _growth_fields(config))
   if key not in _PROGRAMS:
     if len(_PROGRAMS) >= 8:  # A sweep over many models keeps only the latest programs alive.
       _PROGRAMS.pop(next(iter(_PROGRAMS))).close()

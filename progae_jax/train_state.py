@@ -13,6 +13,11 @@ and `grow_to` walks it to a given stage: `move_to_phase` does so on the devices 
 phase, `abstract_state` under `jax.eval_shape` to describe a checkpoint's target without
 computing anything. Growth to a resolution always draws from the same key, so a resumed run
 grows exactly as the uninterrupted one did.
+
+A widening (`TrainConfig.widen`, widen.py) is part of the step into a stable phase: the step
+that finishes R's fade also widens, when the config widens at R. So a checkpoint's target,
+rebuilt along the same road, has the widened shapes, and a resumed run widens as the
+uninterrupted one did (from the same key).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import jax
 import jax.numpy as jnp
 
 from progae_jax import optim, parallel
-from progae_jax.config import MIN_RESOLUTION, ModelConfig
+from progae_jax.config import MIN_RESOLUTION
 from progae_jax.growth import finish_fade, grow, grow_opt_state
 from progae_jax.model import Stage, init_params, stage_of
-from progae_jax.schedule import Phase, TrainConfig
+from progae_jax.schedule import Phase, TrainConfig, model_at
+from progae_jax.widen import widen, widen_opt_state
 
 State = dict[str, Any]
+WIDEN_KEY = 1  # Folded into a resolution's growth key: the key of a widening at its stable phase.
 
 
 def set_learning_rate(state: State, learning_rate: float) -> State:
@@ -58,13 +65,13 @@ def init_state(config: TrainConfig, optimizer, mesh) -> State:
   return jax.jit(functools.partial(_init_state, config, optimizer), out_shardings=sharding)()
 
 
-def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> State:
-  stage = stage_of(state["params"])
+def _grow_state(state: State, *, config: TrainConfig, optimizer) -> State:
+  stage, policy = stage_of(state["params"]), config.optimizer_on_growth
   if stage.fading:
     change = finish_fade
   else:
     rng = _rng_for(state, stage.resolution * 2)
-    change = lambda p: grow(p, model, rng)
+    change = lambda p: grow(p, model_at(config, stage.resolution * 2, fading=True), rng)
   new = dict(state, params=change(state["params"]))
   # The optimizer state follows the parameters. `reset` empties Adam's moments at growth
   # only; `reset_twice` (ProGAN's choice) also when the fade ends and the adapters go.
@@ -73,6 +80,23 @@ def _grow_state(state: State, *, model: ModelConfig, optimizer, policy: str) -> 
                                     policy="reset" if reset else "carry")
   if "ema" in state:
     new["ema"] = change(state["ema"])
+  if stage.fading and stage.resolution in config.widen:
+    new = _widen_state(new, config, optimizer)
+  return new
+
+
+def _widen_state(state: State, config: TrainConfig, optimizer) -> State:
+  """The state as the stable phase of a resolution in `config.widen` begins: parameters and
+  EMA widened (the function kept), Adam's state split or fresh (`optimizer_on_widening`)."""
+  resolution = stage_of(state["params"]).resolution
+  model, channels = model_at(config, resolution, fading=True), config.widen[resolution]
+  rng = jax.random.fold_in(_rng_for(state, resolution), WIDEN_KEY)
+  widened = lambda p: widen(model, p, channels, noise=config.widen_noise, rng=rng)[1]
+  new = dict(state, params=widened(state["params"]))
+  new["opt_state"] = widen_opt_state(state["opt_state"], optimizer, model, state["params"],
+                                     channels, policy=config.optimizer_on_widening)
+  if "ema" in state:
+    new["ema"] = widened(state["ema"])
   return new
 
 
@@ -80,8 +104,7 @@ def make_advance_state(config: TrainConfig, optimizer, mesh) -> Callable[[State]
   """`advance(state)`, jitted: grows (stable -> next fade) or finishes the fade (fade ->
   stable), one step along. The mesh's shardings are its output's, so the grown tree is
   created on the devices, already placed, without a trip through the host."""
-  fn = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
-                         policy=config.optimizer_on_growth)
+  fn = functools.partial(_grow_state, config=config, optimizer=optimizer)
   return jax.jit(fn, out_shardings=parallel.state_sharding(mesh), donate_argnums=0)
 
 
@@ -137,8 +160,7 @@ def move_to_phase(state: State, phase: Phase, config: TrainConfig, optimizer, me
 def abstract_state(config: TrainConfig, stage: Stage, optimizer, mesh) -> State:
   """Shapes, dtypes and shardings of the state at `stage`, from `jax.eval_shape` (no FLOPs):
   the target a checkpoint of that stage is restored into."""
-  grow_once = functools.partial(_grow_state, model=config.model, optimizer=optimizer,
-                                policy=config.optimizer_on_growth)
+  grow_once = functools.partial(_grow_state, config=config, optimizer=optimizer)
   build = lambda: _walk_to(_init_state(config, optimizer), stage, grow_once)
   sharding = parallel.state_sharding(mesh)
   return jax.tree_util.tree_map(

@@ -217,3 +217,39 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
             for name in ("smooth_growth", "smooth_growth_sweep", "device_drift")}
   assert [row.split(" | ")[0][2:] for row in tables["smooth_growth"][2:]] == result["main_table"]
   assert len(tables["smooth_growth_sweep"]) == 2 + 3 and len(tables["device_drift"]) == 2 + 1
+
+
+def test_width_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_path,
+                                                                 monkeypatch, capsys):
+  # Each variant as run_parallel.py starts it (here in this process), then --collect.
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  main = runpy.run_path(os.path.join(EXPERIMENTS, "width_growth.py"))["main"]
+  runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
+  common = ["--quick", "--out", runs, "--workdir", str(tmp_path / "work"), "--data-dir", data_dir]
+  variants = ("narrow", "wide", "widened", "widened_fresh")
+  for variant in variants:
+    assert main(["--variant", variant, "--seed", "0", *common]) == 0
+  assert main(["--collect", runs, "--out", out]) == 0
+  stdout = capsys.readouterr().out
+  with open(os.path.join(out, "width_growth.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(out, "result.json")) as f:
+    result = json.load(f)
+  assert result["quick"] is True and result["seeds"] == 1 and result["missing"] == []
+  assert all("--variant" in c for c in result["command"])
+  s, configs = result["summary"], result["configs"]
+  assert set(s) == set(variants)
+  for label, v in s.items():
+    _spread_ok(v["psnr"], 0, 60)
+    assert v["loss_jump_at_widening"]["values"][0] > 0
+    assert f"{label:<14} final PSNR" in stdout
+  # Equal images; the widened runs start narrow and end as wide as the wide run.
+  assert len({_images_in(cfg) for cfg in configs.values()}) == 1
+  assert configs["widened"]["model"] == configs["narrow"]["model"]
+  assert configs["widened"]["widen"] == {"8": configs["wide"]["model"]["channels"]}
+  assert configs["widened_fresh"]["optimizer_on_widening"] == "fresh"
+  # The widened runs did widen (same model and seed as narrow: a run that reused narrow's
+  # growth programs would end identical to it).
+  assert s["widened"]["psnr"]["values"] != s["narrow"]["psnr"]["values"]
+  import render_results
+  assert len(render_results.TABLES["width_growth_short"].render(result)) == 2 + 4
