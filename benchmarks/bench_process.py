@@ -38,9 +38,12 @@ def train_process(workdir: str, cache: str, preset: str, extra: list[str]) -> di
   wall = time.perf_counter() - t
   if out.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed ({out.returncode}): {out.stderr[-1500:]}")
-  psnr = next((float(line.split()[3]) for line in out.stdout.splitlines()
+  lines = out.stdout.splitlines()
+  psnr = next((float(line.split()[3]) for line in lines
                if line.startswith("final held-out PSNR:")), None)
-  return {"wall_s": round(wall, 2), "final_psnr": psnr}
+  devices = next((line.removeprefix("training on ").split(";")[0] for line in lines
+                  if line.startswith("training on ")), None)
+  return {"wall_s": round(wall, 2), "final_psnr": psnr, "trained_on": devices}
 
 
 def same_bits(workdir_a: str, workdir_b: str) -> bool:
@@ -71,16 +74,17 @@ def measure(preset: str, extra: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = argv[argv.index("--") + 1:] if "--" in argv else []
-  argv = argv[:argv.index("--")] if "--" in argv else argv
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--preset", default="main")
   p.add_argument("--out", help="write the result to this JSON file (docs/ tables are rendered "
                  "from it by experiments/render_results.py)")
+  p.add_argument("train_args", nargs="*", metavar="-- PROGAE_TRAIN_ARGS",
+                 help="after --: arguments for every progae train")
   args = p.parse_args(argv)
-  record = {"kind": "process", "preset": args.preset, "train_args": extra,
-            **measure(args.preset, extra), **provenance()}
+  from progae_jax import cpu
+  cpu.set_up([64])  # This process restores the runs' checkpoints as progae train runs them.
+  record = {"kind": "process", "preset": args.preset, "train_args": args.train_args,
+            **measure(args.preset, args.train_args), **provenance()}
   for name in ("cold", "warm", "deterministic", "deterministic_warm"):
     r = record[name]
     print(f"{name:<19} {r['wall_s']:7.1f} s   final PSNR {r['final_psnr']}")

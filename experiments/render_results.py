@@ -419,7 +419,9 @@ def process_cpu(r: dict) -> list[str]:
   rows += [["the two --deterministic runs end with the same bits", "",
             str(r["deterministic_same_bits"])],
            ["cold and warm end with the same bits", "", str(r["cold_warm_same_bits"])]]
-  return markdown_table([f"`progae train --preset {r['preset']}`, whole process", "wall s",
+  on = r["cold"].get("trained_on")
+  return markdown_table([f"`progae train --preset {r['preset']}`, whole process"
+                         + (f" (training on {on})" if on else ""), "wall s",
                          "final held-out PSNR (dB)"], rows, "lrr")
 
 

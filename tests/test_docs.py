@@ -265,6 +265,7 @@ def unknown_words(parser, words) -> list[str]:
     if not words or words[0] not in subparsers[0].choices:
       return words[:1] or ["(no subcommand)"]
     parser, words = subparsers[0].choices[words[0]], words[1:]
+  words = words[:words.index("--")] if "--" in words else words  # Then positional, as argparse.
   return [w.split("=")[0] for w in words if w.startswith("--") and not _is_override(w)
           and w.split("=")[0] not in parser._option_string_actions]
 
