@@ -1,25 +1,32 @@
-"""Progressive training: the jitted steps, and the loop through every phase of the schedule.
+"""Progressive training: the loop through every phase of the schedule.
 
     stable 4x4 -> grow -> fade 8x8 -> finish_fade -> stable 8x8 -> grow -> ... -> final stage
 
 The run's position is one host integer, the images seen; the phase, alpha and learning rate
 all follow from it (schedule.py), and it is saved in every checkpoint's metadata. The state
-itself, and how it grows, is train_state.py. `train_and_evaluate` is these steps:
+itself, and how it grows, is train_state.py; the jitted steps, compiled ahead in background
+threads, are steps.py. `train_and_evaluate` is these steps:
 
     _set_up            check the config against the devices and the data; open the checkpoints
-    _resume_or_start   the latest checkpoint's state and position, or a fresh 4x4 state;
-                       WORKDIR/config.json, the TensorBoard/W&B writers, the profiler
+    _resume_or_start   the checkpoint's state and position, or a fresh 4x4 state; every
+                       program the phases left need starts compiling (steps.Programs)
+    _start_watching    WORKDIR/config.json, the TensorBoard/W&B writers, the profiler
     for each phase left:
       _train_phase     grow to the phase's stage (move_to_phase), then one step per batch at
                        the schedule's alpha (profiled on request); after each step `_due`
                        says what is due:
-        _log_window      the window's metrics to the host, checked finite, to metrics.jsonl
-                         and the writers
+        _log_window      the window before this one to the host, checked finite, to
+                         metrics.jsonl and the writers (one window behind: the host never
+                         waits for the step it just launched)
         _evaluate_now    held-out metrics, every eval_every_images
         _save            a checkpoint, every checkpoint_every_images (and where a stop falls)
-      _end_phase       evaluate at alpha 1, the phase's pictures and marker, a checkpoint
-                       ranked by PSNR
+      _end_phase       evaluate at alpha 1, a checkpoint ranked by PSNR; the phase's pictures
+                       and marker drawn in a background thread
     _finish            the curves and the summary table (or `_stopped`, mid-phase)
+
+The host keeps the devices busy: `_DeviceBatches` puts each batch on the devices two steps
+ahead, at most MAX_STEPS_IN_FLIGHT steps are launched and not done, and `Timings` says where
+the wall time went (`RunResult.timings`; benchmarks/bench_loop.py prints it).
 """
 
 from __future__ import annotations
