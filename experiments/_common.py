@@ -406,3 +406,22 @@ def write_collected(out: str, name: str, result: dict, figure) -> tuple[str, str
   figure.savefig(png_path, dpi=110, bbox_inches="tight")
   print(f"wrote {json_path} and {png_path}")
   return json_path, png_path
+
+
+def dispatch(p, args, name: str, jobs, one_job, collect, extra: tuple[str, ...] = ()) -> int:
+  """What an experiment's main does once its flags are read: `--collect` the runs there, run
+  the one `--variant` job asked for, or run every job here one after another and collect
+  them. `extra`: flags each of those jobs also gets."""
+  if args.collect:
+    collect(args.collect, args.out)
+    return 0
+  if args.variant:
+    return one_job(args)
+  runs_dir = os.path.join(args.workdir, "runs")
+  common = ["--out", runs_dir, "--workdir", args.workdir, *(["--quick"] if args.quick else []),
+            *(["--data-dir", args.data_dir] if args.data_dir else []),
+            *(["--deterministic"] if args.deterministic else []), *extra]
+  for job in jobs(args.quick, args.seeds):
+    one_job(parse_job_args(p, [*job["args"], *common], name))
+  collect(runs_dir, args.out)
+  return 0

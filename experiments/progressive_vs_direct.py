@@ -203,21 +203,8 @@ def main(argv=None) -> int:
   args = c.parse_job_args(p, argv, NAME)
   c.set_command(__file__, argv)
   c.set_up_job(args)
-  if args.collect:
-    collect(args.collect, args.out)
-  elif args.variant:
-    return _one_job(args)
-  else:  # Every run here, one after another, then collect.
-    runs_dir = os.path.join(args.workdir, "runs")
-    for job in jobs(args.quick, args.seeds):
-      _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
-                                    *(["--quick"] if args.quick else []),
-                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
-                                    *(["--deterministic"] if args.deterministic else []),
-                                    *(["--direct-lr", str(args.direct_lr)]
-                                      if args.direct_lr else [])], NAME))
-    collect(runs_dir, args.out)
-  return 0
+  extra = ("--direct-lr", str(args.direct_lr)) if args.direct_lr else ()
+  return c.dispatch(p, args, NAME, jobs, _one_job, collect, extra)
 
 
 if __name__ == "__main__":

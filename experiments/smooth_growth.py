@@ -358,20 +358,7 @@ def main(argv=None) -> int:
   if args.drift and not args.variant:
     p.error("--drift needs --variant")
   c.set_up_job(args)
-  if args.collect:
-    collect(args.collect, args.out)
-  elif args.variant:
-    return _one_job(args)
-  else:  # Every job here, one after another, then collect.
-    runs_dir, out = os.path.join(args.workdir, "runs"), args.out
-    for job in jobs(args.quick, args.seeds):
-      _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
-                                    *(["--quick"] if args.quick else []),
-                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
-                                    *(["--deterministic"] if args.deterministic else [])],
-                                NAME))
-    collect(runs_dir, out)
-  return 0
+  return c.dispatch(p, args, NAME, jobs, _one_job, collect)
 
 
 if __name__ == "__main__":

@@ -187,21 +187,8 @@ def main(argv=None) -> int:
   if args.short and args.workdir == p.get_default("workdir"):
     args.workdir += "_short"
   c.set_up_job(args)
-  if args.collect:
-    collect(args.collect, args.out)
-  elif args.variant:
-    return _one_job(args)
-  else:  # Every run here, one after another, then collect.
-    runs_dir = os.path.join(args.workdir, "runs")
-    for job in jobs(args.quick, args.seeds):
-      _one_job(c.parse_job_args(p, [*job["args"], "--out", runs_dir, "--workdir", args.workdir,
-                                    *(["--quick"] if args.quick else []),
-                                    *(["--short"] if args.short else []),
-                                    *(["--data-dir", args.data_dir] if args.data_dir else []),
-                                    *(["--deterministic"] if args.deterministic else [])],
-                                NAME))
-    collect(runs_dir, args.out)
-  return 0
+  return c.dispatch(p, args, NAME, jobs, _one_job, collect,
+                    ("--short",) if args.short else ())
 
 
 if __name__ == "__main__":
