@@ -409,6 +409,11 @@ def loop_cpu(r: dict) -> list[str]:
   return _loop_table(r)
 
 
+@table("loop_main_cpu", "benchmarks/results/loop_main_cpu.json")
+def loop_main_cpu(r: dict) -> list[str]:
+  return _loop_table(r)
+
+
 @table("process_cpu", "benchmarks/results/process_cpu.json")
 def process_cpu(r: dict) -> list[str]:
   names = {"cold": "cold: an empty compilation cache", "warm": "warm: the same command again",
