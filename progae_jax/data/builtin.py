@@ -146,6 +146,21 @@ class Digits(_PackagedBuilder, skip_registration=True):
     yield from _digit_examples(split)
 
 
+def _patch_info(builder, size: int) -> tfds.core.DatasetInfo:
+  """What a dataset of size x size crops of the packaged photographs says of itself."""
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=(f"Random {size}x{size} crops ({size}, {2 * size} or {4 * size} pixels "
+                   f"box-filtered to {size}, mirrored at random) of "
+                   f"{', '.join(_PATCH_TRAIN_PHOTOS)} (train) and "
+                   f"{', '.join(_PATCH_TEST_PHOTOS)} (test). 'source' indexes {PATCH_PHOTOS}."),
+      features=tfds.features.FeaturesDict({
+          "image": storage.image_feature((size, size, 3)),
+          "source": tfds.features.Tensor(shape=(), dtype=np.int64)}),
+      homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
+      license=_PATCH_LICENCE)
+
+
 class ImagePatches(_PackagedBuilder, skip_registration=True):
   """64x64 RGB crops of the colour photographs packaged with scikit-image and scikit-learn."""
 
@@ -153,16 +168,7 @@ class ImagePatches(_PackagedBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "20,000 train crops of 7 photos, 2,000 test crops of 2 others."}
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=("Random 64x64 crops (64, 128 or 256 pixels box-filtered to 64, mirrored "
-                     f"at random) of {', '.join(_PATCH_TRAIN_PHOTOS)} (train) and "
-                     f"{', '.join(_PATCH_TEST_PHOTOS)} (test). 'source' indexes {PATCH_PHOTOS}."),
-        features=tfds.features.FeaturesDict({
-            "image": storage.image_feature((_PATCH_SIZE, _PATCH_SIZE, 3)),
-            "source": tfds.features.Tensor(shape=(), dtype=np.int64)}),
-        homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
-        license=_PATCH_LICENCE)
+    return _patch_info(self, _PATCH_SIZE)
 
   def _generate_examples(self, split):
     yield from _patch_examples(split)
@@ -176,18 +182,7 @@ class ImagePatches128(_PackagedBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "10,000 train crops of 7 photos, 1,000 test crops of 2 others."}
 
   def _info(self):
-    size = _LARGE_PATCH_SIZE
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(f"Random {size}x{size} crops ({size}, {2 * size} or {4 * size} pixels "
-                     f"box-filtered to {size}, mirrored at random) of "
-                     f"{', '.join(_PATCH_TRAIN_PHOTOS)} (train) and "
-                     f"{', '.join(_PATCH_TEST_PHOTOS)} (test). 'source' indexes {PATCH_PHOTOS}."),
-        features=tfds.features.FeaturesDict({
-            "image": storage.image_feature((size, size, 3)),
-            "source": tfds.features.Tensor(shape=(), dtype=np.int64)}),
-        homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
-        license=_PATCH_LICENCE)
+    return _patch_info(self, _LARGE_PATCH_SIZE)
 
   def _generate_examples(self, split):
     yield from _patch_examples(split, _LARGE_PATCH_SIZE, _LARGE_PATCH_COUNTS)
