@@ -29,6 +29,13 @@ EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 EXIT_NOT_SAVED = 3
 
 
+def _say(line: str) -> None:
+  """One line in one write: `print` writes the text and its newline apart, and a signal that
+  lands between the two would run its handler's line on to this one."""
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
+
+
 class StopSignals:
   """While open, records SIGTERM and SIGINT instead of dying of them (the first one)."""
 
@@ -56,16 +63,15 @@ class StopSignals:
     if self._received is not None:
       self._stop_now(signal.Signals(signum).name)
     self._received = signal.Signals(signum).name
-    print(f"progae train: {self._received}: saving a checkpoint after this step, then "
-          "stopping (a second signal stops at once, without saving)", file=sys.stderr,
-          flush=True)
+    _say(f"progae train: {self._received}: saving a checkpoint after this step, then "
+         "stopping (a second signal stops at once, without saving)")
 
   def _stop_now(self, name: str) -> None:
     """A second signal: one line, then the process ends at once (Orbax's threads with it: a
     save cut short is never taken for a checkpoint)."""
-    print(f"progae train: {name} again: stopped at once, nothing saved since the last "
-          f"checkpoint; the same command resumes from {self._resumes_from()} (exit status "
-          f"{EXIT_NOT_SAVED})", file=sys.stderr, flush=True)
+    _say(f"progae train: {name} again: stopped at once, nothing saved since the last "
+         f"checkpoint; the same command resumes from {self._resumes_from()} (exit status "
+         f"{EXIT_NOT_SAVED})")
     os._exit(EXIT_NOT_SAVED)
 
   def requested(self, step: int) -> str | None:

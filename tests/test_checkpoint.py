@@ -812,6 +812,17 @@ def test_a_second_ctrl_c_stops_at_once(runner, tmp_path):
   assert f"the same command resumes from {resumes_from}" in last, last
 
 
+def test_the_first_signal_writes_its_line_in_one_write(monkeypatch):
+  """A second signal lands after the first's line is seen: were that line's newline written
+  apart, the second's line would run on to it (seen once in CI)."""
+  from progae_jax import preemption
+  writes = []
+  monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=writes.append,
+                                                           flush=lambda: None))
+  preemption.StopSignals()._handle(signal.SIGINT, None)
+  assert len(writes) == 1 and writes[0].endswith(")\n"), writes
+
+
 def test_restart_with_a_bad_flag_changes_nothing(runner, reference, tmp_path, capsys):
   workdir = str(tmp_path / "w")
   shutil.copytree(reference, workdir)

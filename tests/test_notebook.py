@@ -30,11 +30,12 @@ def _kernel_manager(tmp_path):
 
 
 def _text(cell) -> str:
-  out = []
-  for o in cell.get("outputs", []):
-    out.append(o.get("text", ""))
-    out.extend(str(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))
-  return "\n".join(out)
+  """A cell's printed text as printed (the kernel may send one print's words in two stream
+  messages), then its displayed values, one per line."""
+  printed = "".join(o.get("text", "") for o in cell.get("outputs", []))
+  shown = [str(v) for o in cell.get("outputs", [])
+           for k, v in o.get("data", {}).items() if k.startswith("text/")]
+  return "\n".join([printed, *shown])
 
 
 def test_inspect_growth_notebook_runs(data_dir, tmp_path):
