@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Iterable, Sequence
 
-from progae_jax import ModelConfig, train
+from progae_jax import ModelConfig, preemption, train
 from progae_jax.metrics_log import read_metrics
 from progae_jax.schedule import StageSchedule, TrainConfig
 
@@ -126,7 +126,8 @@ def run(cfg: TrainConfig, workdir: str, label: str, reuse: bool = False) -> Run:
   t0 = time.perf_counter()
   reused = reuse and finished(cfg, workdir)
   if not reused:
-    train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
+    result = train.train_and_evaluate(cfg, workdir, restart=True, progress=False)
+    _refuse_unfinished(result, cfg, label)
   wall = float("nan") if reused else time.perf_counter() - t0
   run = Run.read(label, cfg, workdir, wall)
   print(f"  {label:<22} seed {cfg.seed}: held-out PSNR {run.final['psnr_full']:.2f} dB, "
@@ -134,6 +135,17 @@ def run(cfg: TrainConfig, workdir: str, label: str, reuse: bool = False) -> Run:
         f"{cfg.model.max_resolution}; {run.final['train_seconds']:.0f} s training " +
         ("(read back)" if reused else f"({wall:.0f} s wall)"), flush=True)
   return run
+
+
+def _refuse_unfinished(result: train.RunResult, cfg: TrainConfig, label: str) -> None:
+  """A run stopped early (a signal, a job's time limit) is no measurement: the process ends
+  with the signal's status and writes nothing for the run, so the collect lists it missing."""
+  end = train.phases(cfg)[-1].end
+  if result.images_seen < end:
+    why = f"by {result.stopped_by}" if result.stopped_by else "early"
+    print(f"{label} seed {cfg.seed}: stopped {why} at {result.images_seen:,} of {end:,} "
+          "images; nothing recorded for it", file=sys.stderr, flush=True)
+    raise SystemExit(preemption.EXIT_STATUS.get(result.stopped_by, 1))
 
 
 def over_seeds(variants: dict[str, TrainConfig], seeds: int, workdir: str,

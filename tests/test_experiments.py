@@ -4,6 +4,7 @@ The quick modes train a tiny model on a few hundred digits with one seed: they c
 scripts, not the answers (those are in the README, from the full modes).
 """
 
+import functools
 import json
 import math
 import os
@@ -217,6 +218,23 @@ def test_smooth_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_p
             for name in ("smooth_growth", "smooth_growth_sweep", "device_drift")}
   assert [row.split(" | ")[0][2:] for row in tables["smooth_growth"][2:]] == result["main_table"]
   assert len(tables["smooth_growth_sweep"]) == 2 + 3 and len(tables["device_drift"]) == 2 + 1
+
+
+def test_a_run_stopped_early_records_nothing_and_collect_lists_it_missing(
+    data_dir, tmp_path, monkeypatch, capsys):
+  # As a job's time limit or a signal would stop it: the process says so and fails.
+  from progae_jax import train
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      functools.partial(train.train_and_evaluate, stop_after_images=64))
+  monkeypatch.syspath_prepend(EXPERIMENTS)
+  main = runpy.run_path(os.path.join(EXPERIMENTS, "width_growth.py"))["main"]
+  runs = str(tmp_path / "runs")
+  with pytest.raises(SystemExit) as stop:
+    main(["--variant", "narrow", "--seed", "0", "--quick", "--out", runs,
+          "--workdir", str(tmp_path / "work"), "--data-dir", data_dir])
+  assert stop.value.code == 1
+  assert "narrow seed 0: stopped early at 64 of 576 images" in capsys.readouterr().err
+  assert not os.path.exists(os.path.join(runs, "width_growth", "narrow", "seed0.json"))
 
 
 def test_width_growth_runs_one_process_per_variant_and_collects(data_dir, tmp_path,
