@@ -110,10 +110,15 @@ def source_line(source: str, result) -> str:
   """What the table was written from: the file, its command, machine, versions and date."""
   p = provenance(result)
   command = p.get("command", "not recorded")
-  commands = command if isinstance(command, list) else [command]
+  commands = [f"`{c}`" for c in (command if isinstance(command, list) else [command])]
+  if len(commands) > 3:  # One process per run: the first stands for the rest.
+    commands = [f"{commands[0]} and {len(commands) - 1} more runs like it"]
+  collect = isinstance(result, dict) and result.get("collect_command")
+  if collect and f"`{collect}`" not in commands:
+    commands.append(f"then `{result['collect_command']}`")
   versions = p.get("versions") or {}
   version_text = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-  return (f"<sub>From `{source}`: " + ", ".join(f"`{c}`" for c in commands) +
+  return (f"<sub>From `{source}`: " + ", ".join(commands) +
           f"; {_machine_text(p.get('machine', 'machine not recorded'))}"
           f"{'; ' + version_text if version_text else ''}; {_date_text(p.get('date', 'undated'))}."
           "</sub>")
@@ -212,6 +217,11 @@ def _width_growth(result: dict) -> list[str]:
   return markdown_table(["variant", "final PSNR (dB)", "final SSIM", "training seconds",
                          "wide's PSNR at those seconds (dB)",
                          "loss jump where widened", "with nothing happening"], rows)
+
+
+@table("width_growth", "experiments/results/width_growth/result.json")
+def width_growth(result: dict) -> list[str]:
+  return _width_growth(result)
 
 
 @table("width_growth_short", "experiments/results/width_growth_short/result.json")
