@@ -115,7 +115,7 @@ def source_line(source: str, result) -> str:
     commands = [f"{commands[0]} and {len(commands) - 1} more runs like it"]
   collect = isinstance(result, dict) and result.get("collect_command")
   if collect and f"`{collect}`" not in commands:
-    commands.append(f"then `{result['collect_command']}`")
+    commands.append(f"then `{collect}`")
   versions = p.get("versions") or {}
   version_text = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
   return (f"<sub>From `{source}`: " + ", ".join(commands) +
