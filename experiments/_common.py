@@ -140,11 +140,11 @@ def run(cfg: TrainConfig, workdir: str, label: str, reuse: bool = False) -> Run:
 def _refuse_unfinished(result: train.RunResult, cfg: TrainConfig, label: str) -> None:
   """A run stopped early (a signal, a job's time limit) is no measurement: the process ends
   with the signal's status and writes nothing for the run, so the collect lists it missing."""
-  end = train.phases(cfg)[-1].end
-  if result.images_seen < end:
+  if not result.finished:
     why = f"by {result.stopped_by}" if result.stopped_by else "early"
-    print(f"{label} seed {cfg.seed}: stopped {why} at {result.images_seen:,} of {end:,} "
-          "images; nothing recorded for it", file=sys.stderr, flush=True)
+    print(f"{label} seed {cfg.seed}: stopped {why} at {result.images_seen:,} of "
+          f"{train.phases(cfg)[-1].end:,} images; nothing recorded for it", file=sys.stderr,
+          flush=True)
     raise SystemExit(preemption.EXIT_STATUS.get(result.stopped_by, 1))
 
 

@@ -232,7 +232,6 @@ def _set_up_compiler(args, config) -> None:
 
 def cmd_train(args) -> int:
   from progae_jax import parallel, preemption, train
-  from progae_jax.schedule import phases
 
   config = build_config(args)
   watch = _watch(args, config)
@@ -249,8 +248,7 @@ def cmd_train(args) -> int:
                                     continue_on_new_data=args.continue_on_new_data)
   if result.stopped_by:
     return preemption.EXIT_STATUS[result.stopped_by]
-  finished = result.images_seen >= phases(config)[-1].end
-  if parallel.is_main_process() and finished and result.final_eval:
+  if parallel.is_main_process() and result.finished and result.final_eval:
     e = result.final_eval
     print(f"final held-out PSNR: {e['psnr']:.2f} dB (SSIM {e['ssim']:.3f}) at "
           f"{e['resolution']}x{e['resolution']} after {result.images_seen:,} images")

@@ -124,6 +124,7 @@ class RunResult:
   state: State
   stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run.
   timings: Timings | None = None  # Wall seconds by what they were spent on.
+  finished: bool = False  # The schedule's last image is seen (now or by an earlier run).
 
 
 @dataclasses.dataclass
@@ -523,7 +524,7 @@ def _already_finished(run: _Run) -> RunResult:
     print(f"{run.workdir} is already finished: {run.images_seen:,} images, the end of its "
           "schedule; nothing to train. To train it again use --restart; to train longer, "
           "another --workdir with a longer schedule")
-  return RunResult(run.images_seen, None, [], None, [], run.state)
+  return RunResult(run.images_seen, None, [], None, [], run.state, finished=True)
 
 
 def _phase_batches(run: _Run, phase: Phase) -> _DeviceBatches:
@@ -793,7 +794,7 @@ def _finish(run: _Run) -> RunResult:
       if run.progress:
         _print_summary(run.summary, run.last_eval, run.pictures, curves)
   return RunResult(run.images_seen, run.last_eval, run.pictures, curves, run.summary, run.state,
-                   timings=run.timings)
+                   timings=run.timings, finished=True)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
